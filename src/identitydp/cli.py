@@ -1,0 +1,82 @@
+"""The `identitydp` command line. The only place that prints messages and chooses exit codes.
+
+Each subcommand lives in a ``_cli`` module of its stage (``identitydp.<stage>._cli`` or
+``identitydp._cli_<name>``) exposing ``register(subparsers)``; the parser it adds sets
+``func=callable(args) -> int``. Those modules must import heavy libraries (torch, cv2) lazily
+so that ``identitydp --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import __version__
+from .errors import IdentityDPError
+
+# Modules that contribute subcommands, in the order they appear in --help.
+SUBCOMMAND_MODULES = [
+    "identitydp._cli_anonymize",
+    "identitydp.models._cli",
+    "identitydp.privacy._cli",
+    "identitydp.generate._cli",
+    "identitydp.eval._cli",
+]
+
+EXIT_OK = 0
+EXIT_FAILURES = 1  # some inputs failed, the others were processed
+EXIT_USAGE = 2
+EXIT_ERROR = 3  # a clear identitydp error stopped the command
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="identitydp",
+        description="Anonymize faces in photos and videos with a tunable, provable privacy guarantee.",
+    )
+    parser.add_argument("--version", action="version", version=f"identitydp {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch/OpenCV (default: all cores)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module_name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:  # stage not built yet
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        import cv2
+
+        cv2.setNumThreads(args.threads)
+    try:
+        return int(args.func(args) or 0)
+    except IdentityDPError as exc:
+        print(f"identitydp: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("identitydp: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

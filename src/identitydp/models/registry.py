@@ -1,0 +1,115 @@
+"""Registry of every weight file identitydp loads.
+
+Each entry names a file, its SHA-256, where it came from (registry package and version, upstream
+origin) and its license. Loading verifies the checksum; a missing or corrupt file raises
+:class:`WeightsError` that says how to rebuild it. Weights are safetensors (or, for graph
+topologies, JSON), never pickles.
+
+Files are looked up in ``$IDENTITYDP_WEIGHTS`` (if set) and then in the package's ``weights/``
+folder. ``scripts/convert_weights.py`` rebuilds the converted files from the registry packages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from ..errors import WeightsError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+REBUILD_HINT = "rebuild it with `python scripts/convert_weights.py` (see MODEL_CARD.md)"
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    """One file in the registry.
+
+    Attributes:
+        name: registry key, e.g. ``"dlib_resnet"``.
+        filename: file name inside the weights folder.
+        sha256: hex digest of the file's bytes.
+        source: registry package it was converted from, with version.
+        origin: upstream origin of the weights (who trained them).
+        license: license of the weights.
+        rebuild: how to regenerate the file.
+    """
+
+    name: str
+    filename: str
+    sha256: str
+    source: str
+    origin: str
+    license: str
+    rebuild: str = REBUILD_HINT
+
+
+# Checksums are filled in by scripts/convert_weights.py --write-registry; the JSON beside the
+# weights is the single source of truth so that conversion and registry never drift apart.
+_REGISTRY_JSON = WEIGHTS_DIR / "registry.json"
+
+
+@lru_cache(maxsize=1)
+def registry() -> dict[str, WeightFile]:
+    """Return all registered weight files, keyed by name."""
+    if not _REGISTRY_JSON.is_file():
+        raise WeightsError(f"weights registry {_REGISTRY_JSON} is missing; {REBUILD_HINT}")
+    entries = json.loads(_REGISTRY_JSON.read_text())
+    return {e["name"]: WeightFile(**e) for e in entries}
+
+
+def _search_dirs() -> list[Path]:
+    dirs = []
+    env = os.environ.get("IDENTITYDP_WEIGHTS")
+    if env:
+        dirs.append(Path(env))
+    dirs.append(WEIGHTS_DIR)
+    return dirs
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@lru_cache(maxsize=None)
+def weight_path(name: str) -> Path:
+    """Locate a registered weight file and verify its checksum.
+
+    Raises:
+        WeightsError: unknown name, file missing, or checksum mismatch.
+    """
+    entries = registry()
+    if name not in entries:
+        raise WeightsError(f"unknown weights {name!r}; known: {', '.join(sorted(entries))}")
+    entry = entries[name]
+    for folder in _search_dirs():
+        path = folder / entry.filename
+        if path.is_file():
+            actual = sha256_of(path)
+            if actual != entry.sha256:
+                raise WeightsError(
+                    f"weights {name!r} at {path} are corrupt or from another version: "
+                    f"sha256 {actual} != expected {entry.sha256}; {entry.rebuild}"
+                )
+            return path
+    searched = ", ".join(str(d) for d in _search_dirs())
+    raise WeightsError(f"weights {name!r} ({entry.filename}) not found in {searched}; {entry.rebuild}")
+
+
+def load_tensors(name: str, device: str = "cpu") -> dict:
+    """Load a registered safetensors file as a dict of tensors (checksum verified)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(weight_path(name)), device=device)
+
+
+def load_json(name: str) -> dict:
+    """Load a registered JSON file (e.g. a graph topology), checksum verified."""
+    return json.loads(weight_path(name).read_text())
