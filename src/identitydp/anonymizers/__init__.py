@@ -1,0 +1,1 @@
+"""Face anonymizers: classical baselines and the shared interface."""

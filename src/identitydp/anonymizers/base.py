@@ -1,0 +1,69 @@
+"""The one interface every anonymizer implements.
+
+An anonymizer replaces the faces of a frame. The pipeline detects faces and hands them over with
+the frame; the anonymizer returns a new frame and a per-face report. Anonymizers that work on
+aligned crops (IdentityDP) subclass :class:`CropAnonymizer` and only implement
+:meth:`CropAnonymizer.process_crops`; alignment, colour matching and blending are shared.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..detect import Detections
+
+
+@dataclass
+class FaceOutcome:
+    """What happened to one detected face.
+
+    Attributes:
+        index: index into the frame's :class:`Detections`.
+        status: ``"anonymized"``, or ``"masked"`` when processing failed and the face was masked
+            solid instead (fail closed).
+        error: the reason for ``"masked"``.
+        privacy: the privacy release of this face (mechanism, ε, δ, …), if the method is DP.
+    """
+
+    index: int
+    status: str = "anonymized"
+    error: str | None = None
+    privacy: dict | None = None
+
+
+@dataclass
+class FrameResult:
+    """An anonymized frame and one :class:`FaceOutcome` per detected face."""
+
+    image: np.ndarray
+    faces: list[FaceOutcome] = field(default_factory=list)
+
+
+class Anonymizer(ABC):
+    """Base class of all face anonymizers.
+
+    Subclasses set ``name`` and implement :meth:`anonymize_frame`. ``rng`` is a NumPy generator
+    for non-privacy randomness; DP methods draw privacy noise from their own mechanism.
+    """
+
+    name: str = "base"
+
+    @abstractmethod
+    def anonymize_frame(self, image: np.ndarray, faces: Detections, rng: np.random.Generator) -> FrameResult:
+        """Replace every face in ``faces``.
+
+        Args:
+            image: (H, W, 3) uint8 RGB frame; not modified.
+            faces: detections in ``image`` coordinates.
+            rng: generator for non-privacy randomness (e.g. which face goes first).
+
+        Returns:
+            A :class:`FrameResult` whose image has the same shape and dtype.
+        """
+
+    def describe(self) -> dict:
+        """Parameters of this anonymizer, for reports and ledgers."""
+        return {"method": self.name}

