@@ -42,7 +42,7 @@ class FrameResult:
     faces: list[FaceOutcome] = field(default_factory=list)
 
 
-class Anonymizer(ABC):
+class FaceAnonymizer(ABC):
     """Base class of all face anonymizers.
 
     Subclasses set ``name`` and implement :meth:`anonymize_frame`. ``rng`` is a NumPy generator
@@ -67,3 +67,7 @@ class Anonymizer(ABC):
     def describe(self) -> dict:
         """Parameters of this anonymizer, for reports and ledgers."""
         return {"method": self.name}
+
+
+# Older name, kept so that stage code written against it keeps working.
+Anonymizer = FaceAnonymizer

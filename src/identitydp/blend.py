@@ -1,0 +1,135 @@
+"""Blending: paste a processed face crop back into the untouched frame.
+
+Only pixels inside the (dilated) warped mask can change; every other pixel of the frame stays
+bit-identical, which the tests assert.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def match_colors(source: np.ndarray, reference: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Shift ``source`` so its per-channel mean and std inside ``mask`` match ``reference``'s.
+
+    Colour transfer in Lab space (Reinhard et al., 2001) restricted to the face region, so that a
+    generated face takes the lighting and skin tone of the frame it goes into.
+
+    Args:
+        source, reference: (S, S, 3) uint8 RGB crops of the same size.
+        mask: (S, S) float weights in [0, 1].
+
+    Returns:
+        (S, S, 3) uint8 RGB.
+    """
+    weights = mask.astype(np.float64)[..., None]
+    total = weights.sum()
+    if total < 1.0:
+        return source
+    src = cv2.cvtColor(source, cv2.COLOR_RGB2LAB).astype(np.float64)
+    ref = cv2.cvtColor(reference, cv2.COLOR_RGB2LAB).astype(np.float64)
+    mu_s = (src * weights).sum((0, 1)) / total
+    mu_r = (ref * weights).sum((0, 1)) / total
+    sd_s = np.sqrt(((src - mu_s) ** 2 * weights).sum((0, 1)) / total) + 1e-6
+    sd_r = np.sqrt(((ref - mu_r) ** 2 * weights).sum((0, 1)) / total) + 1e-6
+    # Limit the contrast change: a blurred or flat source must not amplify noise without bound.
+    gain = np.clip(sd_r / sd_s, 0.5, 2.0)
+    out = (src - mu_s) * gain + mu_r
+    return cv2.cvtColor(np.clip(out, 0, 255).astype(np.uint8), cv2.COLOR_LAB2RGB)
+
+
+def paste_face(
+    frame: np.ndarray,
+    crop: np.ndarray,
+    inverse: np.ndarray,
+    mask: np.ndarray,
+    *,
+    color_match: bool = False,
+    original_crop: np.ndarray | None = None,
+) -> np.ndarray:
+    """Paste a processed crop into a copy of ``frame`` with a feathered mask.
+
+    Args:
+        frame: (H, W, 3) uint8 RGB; not modified.
+        crop: (S, S, 3) uint8 processed face crop.
+        inverse: (2, 3) affine from crop pixels to frame pixels.
+        mask: (S, S) float in [0, 1], crop coordinates; 1 = take the crop.
+        color_match: match the crop's colours to ``original_crop`` inside the mask first.
+        original_crop: (S, S, 3) uint8 crop of the original face, needed for ``color_match``.
+
+    Returns:
+        (H, W, 3) uint8 frame. Pixels whose warped mask weight is 0 are bit-identical to ``frame``.
+    """
+    if color_match:
+        if original_crop is None:
+            raise ValueError("color_match needs original_crop")
+        crop = match_colors(crop, original_crop, mask)
+    h, w = frame.shape[:2]
+    size = crop.shape[0]
+    # Bounding box of the warped crop, so the warp runs on a small window, not the whole frame.
+    corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64)
+    warped = corners @ inverse[:, :2].T + inverse[:, 2]
+    x0 = int(max(0, np.floor(warped[:, 0].min()) - 2))
+    y0 = int(max(0, np.floor(warped[:, 1].min()) - 2))
+    x1 = int(min(w, np.ceil(warped[:, 0].max()) + 2))
+    y1 = int(min(h, np.ceil(warped[:, 1].max()) + 2))
+    out = frame.copy()
+    if x1 <= x0 or y1 <= y0:
+        return out
+    shifted = inverse.copy()
+    shifted[:, 2] -= (x0, y0)
+    size_out = (x1 - x0, y1 - y0)
+    face = cv2.warpAffine(crop, shifted, size_out, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    alpha = cv2.warpAffine(mask.astype(np.float32), shifted, size_out, flags=cv2.INTER_LINEAR, borderValue=0.0)
+    alpha = np.clip(alpha, 0.0, 1.0)[..., None]
+    region = out[y0:y1, x0:x1].astype(np.float32)
+    blended = region * (1.0 - alpha) + face.astype(np.float32) * alpha
+    blended = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
+    # Where alpha is exactly 0 keep the original bytes (rounding must not touch them).
+    keep = alpha[..., 0] <= 0.0
+    blended[keep] = out[y0:y1, x0:x1][keep]
+    out[y0:y1, x0:x1] = blended
+    return out
+
+
+def box_region_mask(shape: tuple[int, int], box: np.ndarray, dilation: float = 0.15) -> np.ndarray:
+    """Boolean (H, W) mask of a face box enlarged by ``dilation`` of its size on each side."""
+    h, w = shape
+    x1, y1, x2, y2 = [float(v) for v in box]
+    dx, dy = (x2 - x1) * dilation, (y2 - y1) * dilation
+    mask = np.zeros((h, w), bool)
+    xa, ya = int(max(0, np.floor(x1 - dx))), int(max(0, np.floor(y1 - dy)))
+    xb, yb = int(min(w, np.ceil(x2 + dx))), int(min(h, np.ceil(y2 + dy)))
+    mask[ya:yb, xa:xb] = True
+    return mask
+
+
+def face_ellipse_mask(shape: tuple[int, int], box: np.ndarray, scale: float = 1.15, feather: float = 0.1) -> np.ndarray:
+    """Soft elliptical (H, W) float mask in [0, 1] covering a face box (scaled by ``scale``).
+
+    Used by the pixel-domain anonymizers (blur, pixelation, mask, DP-Pix), which act on the box
+    region rather than on an aligned crop.
+    """
+    h, w = shape
+    x1, y1, x2, y2 = [float(v) for v in box]
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    ax, ay = max(1.0, (x2 - x1) / 2 * scale), max(1.0, (y2 - y1) / 2 * scale)
+    xa, xb = int(max(0, np.floor(cx - ax - 1))), int(min(w, np.ceil(cx + ax + 1)))
+    ya, yb = int(max(0, np.floor(cy - ay - 1))), int(min(h, np.ceil(cy + ay + 1)))
+    mask = np.zeros((h, w), np.float32)
+    if xb <= xa or yb <= ya:
+        return mask
+    yy, xx = np.mgrid[ya:yb, xa:xb].astype(np.float32) + 0.5
+    r = np.sqrt(((xx - cx) / ax) ** 2 + ((yy - cy) / ay) ** 2)
+    mask[ya:yb, xa:xb] = np.clip((1.0 - r) / max(feather, 1e-3), 0.0, 1.0)
+    return mask
+
+
+def composite(frame: np.ndarray, replacement: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """Blend ``replacement`` over ``frame`` with (H, W) ``alpha``; alpha == 0 keeps exact bytes."""
+    a = alpha[..., None].astype(np.float32)
+    out = np.clip(frame.astype(np.float32) * (1 - a) + replacement.astype(np.float32) * a + 0.5, 0, 255).astype(np.uint8)
+    keep = alpha <= 0.0
+    out[keep] = frame[keep]
+    return out

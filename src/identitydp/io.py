@@ -1,0 +1,196 @@
+"""Image input and output.
+
+Reading applies the EXIF orientation and converts any mode (L, LA, P, RGBA, CMYK, I;16, …) to
+RGB uint8, keeping an alpha channel aside so that it can be put back on output. Writing strips
+all metadata (EXIF, GPS, XMP, ICC-free, comments), never overwrites an input, and is atomic
+(temporary file in the target folder, then rename).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageReadError, ImageWriteError
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+_FORMAT_BY_SUFFIX = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".png": "PNG",
+    ".webp": "WEBP",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
+_ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}
+
+
+@dataclass
+class LoadedImage:
+    """A decoded image.
+
+    Attributes:
+        pixels: (H, W, 3) uint8 RGB, EXIF orientation applied.
+        alpha: (H, W) uint8 alpha channel, or None.
+        path: where it came from, if a file.
+        format: PIL format name of the source (JPEG, PNG, …).
+    """
+
+    pixels: np.ndarray
+    alpha: np.ndarray | None = None
+    path: Path | None = None
+    format: str | None = None
+
+
+def is_image_path(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _to_rgb(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    alpha = None
+    mode = img.mode
+    if mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+        mode = img.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        alpha = np.asarray(rgba)[:, :, 3].copy()
+        rgb = np.asarray(rgba.convert("RGB"))
+    elif mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16/32-bit integer grey: rescale by the type's range, not by the data, to keep exposure.
+        arr = np.asarray(img).astype(np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max() <= 65535 else float(arr.max())
+        grey = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    elif mode == "F":
+        arr = np.asarray(img).astype(np.float64)
+        grey = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0) + 0.5, 0, 255).astype(np.uint8)
+        rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    else:  # RGB, L, 1, CMYK, YCbCr, LAB, HSV
+        rgb = np.asarray(img.convert("RGB"))
+    return np.ascontiguousarray(rgb, dtype=np.uint8), alpha
+
+
+def read_image(path: str | os.PathLike) -> LoadedImage:
+    """Read an image file as RGB uint8 (plus alpha if any).
+
+    Raises:
+        ImageReadError: missing, unreadable, truncated or not an image; the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ImageReadError(f"{path}: no such file")
+    try:
+        with Image.open(path) as img:
+            fmt = img.format
+            img.load()  # forces a full decode so truncated files fail here, not later
+            img = ImageOps.exif_transpose(img)
+            pixels, alpha = _to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{path}: cannot read image ({exc})") from exc
+    if pixels.size == 0:
+        raise ImageReadError(f"{path}: image is empty")
+    return LoadedImage(pixels=pixels, alpha=alpha, path=path, format=fmt)
+
+
+def image_from_array(pixels: np.ndarray) -> LoadedImage:
+    """Wrap an in-memory array: (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA, uint8."""
+    arr = np.asarray(pixels)
+    if arr.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixels, got {arr.dtype}")
+    if arr.ndim == 2:
+        return LoadedImage(pixels=np.repeat(arr[:, :, None], 3, axis=2))
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        return LoadedImage(pixels=np.ascontiguousarray(arr))
+    if arr.ndim == 3 and arr.shape[2] == 4:
+        return LoadedImage(pixels=np.ascontiguousarray(arr[:, :, :3]), alpha=arr[:, :, 3].copy())
+    raise ValueError(f"expected (H, W), (H, W, 3) or (H, W, 4) pixels, got {arr.shape}")
+
+
+def write_image(
+    path: str | os.PathLike,
+    pixels: np.ndarray,
+    alpha: np.ndarray | None = None,
+    *,
+    protected: set[Path] | None = None,
+    overwrite: bool = False,
+    quality: int = 95,
+) -> Path:
+    """Write RGB uint8 pixels with no metadata at all, atomically.
+
+    Args:
+        path: destination; its suffix chooses the format.
+        pixels: (H, W, 3) uint8 RGB.
+        alpha: optional (H, W) uint8 alpha, kept for formats that store it.
+        protected: resolved paths that must never be written (the inputs).
+        overwrite: allow replacing an existing file that is not protected.
+        quality: JPEG / WebP quality.
+
+    Raises:
+        ImageWriteError: the target is an input, exists (without ``overwrite``), has an unknown
+            suffix, or cannot be written.
+    """
+    path = Path(path)
+    fmt = _FORMAT_BY_SUFFIX.get(path.suffix.lower())
+    if fmt is None:
+        raise ImageWriteError(f"{path}: unknown image suffix (use one of {', '.join(sorted(IMAGE_SUFFIXES))})")
+    target = path.resolve()
+    if protected and target in protected:
+        raise ImageWriteError(f"{path}: refusing to overwrite an input image")
+    if target.exists() and not overwrite:
+        raise ImageWriteError(f"{path}: already exists (use --overwrite to replace it)")
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ImageWriteError(f"{path}: expected (H, W, 3) uint8 pixels, got {pixels.shape} {pixels.dtype}")
+    if alpha is not None and fmt in _ALPHA_FORMATS:
+        img = Image.fromarray(np.dstack([pixels, alpha]), mode="RGBA")
+    else:
+        img = Image.fromarray(pixels, mode="RGB")
+    # A fresh image carries no info dict, so no EXIF/GPS/XMP/comment/ICC reaches the encoder.
+    img.info = {}
+    options: dict = {}
+    if fmt == "JPEG":
+        options = {"quality": quality, "optimize": True}
+    elif fmt == "WEBP":
+        options = {"quality": quality}
+    elif fmt == "TIFF":
+        options = {"compression": "tiff_deflate"}
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".identitydp-", suffix=path.suffix, dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                img.save(fh, format=fmt, **options)
+            os.replace(tmp_name, target)
+        except BaseException:
+            if os.path.exists(tmp_name):
+                os.unlink(tmp_name)
+            raise
+    except OSError as exc:
+        raise ImageWriteError(f"{path}: cannot write ({exc})") from exc
+    return path
+
+
+def collect_images(inputs: list[str | os.PathLike]) -> list[tuple[Path, Path]]:
+    """Expand files and folders (recursively) into (image path, path relative to its root).
+
+    Files given directly keep just their name as the relative path. Hidden files and our own
+    temporary files are skipped. Raises ImageReadError for an input that does not exist.
+    """
+    found: list[tuple[Path, Path]] = []
+    for item in inputs:
+        root = Path(item)
+        if root.is_dir():
+            for p in sorted(root.rglob("*")):
+                if p.is_file() and is_image_path(p) and not any(part.startswith(".") for part in p.relative_to(root).parts):
+                    found.append((p, p.relative_to(root)))
+        elif root.is_file():
+            found.append((root, Path(root.name)))
+        else:
+            raise ImageReadError(f"{root}: no such file or folder")
+    return found

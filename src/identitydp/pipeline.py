@@ -1,0 +1,175 @@
+"""The pipeline: decode → detect → (align) → anonymize → blend → encode.
+
+``Anonymizer`` is the public entry point::
+
+    from identitydp import Anonymizer
+    anon = Anonymizer(method="blur")
+    out, report = anon.anonymize(rgb_uint8)
+
+Every method goes through the same detector and the same fail-closed rule: a face that was
+detected but could not be anonymized is masked solid, never left as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .anonymizers import FaceAnonymizer, FaceOutcome, make_anonymizer, solid_mask
+from .detect import CenterFaceDetector, Detections
+from .io import read_image, write_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ImageReport:
+    """What the pipeline did to one image.
+
+    Attributes:
+        detections: the faces found (frame pixel coordinates).
+        faces: one outcome per detected face (``anonymized`` or ``masked``).
+        method: the anonymizer's parameters.
+        seconds: wall time per stage (detect, anonymize).
+        source, output: file paths when the image came from / went to a file.
+    """
+
+    detections: Detections
+    faces: list[FaceOutcome]
+    method: dict
+    seconds: dict = field(default_factory=dict)
+    source: Path | None = None
+    output: Path | None = None
+
+    @property
+    def num_faces(self) -> int:
+        return len(self.detections)
+
+    @property
+    def num_masked(self) -> int:
+        return sum(1 for f in self.faces if f.status != "anonymized")
+
+    @property
+    def privacy_releases(self) -> list[dict]:
+        return [f.privacy for f in self.faces if f.privacy]
+
+    def to_json(self) -> dict:
+        return {
+            "source": str(self.source) if self.source else None,
+            "output": str(self.output) if self.output else None,
+            "method": self.method,
+            "faces": [
+                {**det, "status": outcome.status, **({"error": outcome.error} if outcome.error else {})}
+                for det, outcome in zip(self.detections.to_json(), self.faces)
+            ],
+            "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
+        }
+
+
+class Anonymizer:
+    """Detect and anonymize every face of an image with one method.
+
+    Args:
+        method: ``blur``, ``pixelate``, ``mask``, ``dp-pix`` or ``identitydp``, or an instance of
+            :class:`~identitydp.anonymizers.FaceAnonymizer`.
+        threshold: detector score threshold (lower finds more faces; a miss is a leak).
+        seed: seed for reproducible runs (tests, experiments). ``None`` uses OS randomness.
+        detector: an object with ``detect(rgb) -> Detections``; CenterFace by default.
+        **method_params: keyword arguments of the method (e.g. ``sigma=0.1``, ``epsilon=1``).
+    """
+
+    def __init__(
+        self,
+        method: str | FaceAnonymizer = "blur",
+        *,
+        threshold: float = 0.5,
+        seed: int | None = None,
+        detector=None,
+        **method_params,
+    ) -> None:
+        if isinstance(method, FaceAnonymizer):
+            if method_params:
+                raise ValueError("pass method parameters to the anonymizer instance, not to Anonymizer")
+            self.method = method
+        else:
+            if method == "identitydp" and seed is not None:
+                method_params.setdefault("seed", seed)
+            self.method = make_anonymizer(method, **method_params)
+        self.detector = detector if detector is not None else CenterFaceDetector(threshold=threshold)
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+
+    def detect(self, image: np.ndarray) -> Detections:
+        return self.detector.detect(image)
+
+    def anonymize(self, image: np.ndarray, detections: Detections | None = None) -> tuple[np.ndarray, ImageReport]:
+        """Anonymize every face of an (H, W, 3) uint8 RGB image.
+
+        Args:
+            image: the frame; not modified.
+            detections: faces to anonymize; detected with the pipeline's detector when None.
+
+        Returns:
+            The anonymized (H, W, 3) uint8 image and an :class:`ImageReport`.
+        """
+        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"expected an (H, W, 3) uint8 RGB array, got {getattr(image, 'shape', None)} {getattr(image, 'dtype', type(image))}"
+            )
+        seconds = {}
+        t0 = time.perf_counter()
+        if detections is None:
+            detections = self.detector.detect(image)
+        seconds["detect"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if len(detections) == 0:
+            out, outcomes = image.copy(), []
+        else:
+            out, outcomes = self._anonymize_fail_closed(image, detections)
+        seconds["anonymize"] = time.perf_counter() - t0
+        return out, ImageReport(detections=detections, faces=outcomes, method=self.method.describe(), seconds=seconds)
+
+    def _anonymize_fail_closed(self, image: np.ndarray, detections: Detections) -> tuple[np.ndarray, list[FaceOutcome]]:
+        try:
+            result = self.method.anonymize_frame(image, detections, self._rng)
+            out, outcomes = result.image, list(result.faces)
+            if out.shape != image.shape or out.dtype != image.dtype:
+                raise ValueError(f"anonymizer returned {out.shape} {out.dtype} for a {image.shape} frame")
+        except Exception as exc:  # noqa: BLE001 - any method failure must still hide the faces
+            log.warning("anonymizer %s failed on the frame (%s); masking all %d faces", self.method.name, exc, len(detections))
+            out = image
+            for box in detections.boxes:
+                out = solid_mask(out, box)
+            return out, [FaceOutcome(index=i, status="masked", error=str(exc)) for i in range(len(detections))]
+        covered = {o.index for o in outcomes}
+        for i in range(len(detections)):
+            if i not in covered:
+                # A method that silently skipped a face must not leave it visible.
+                out = solid_mask(out, detections.boxes[i])
+                outcomes.append(FaceOutcome(index=i, status="masked", error="anonymizer returned no outcome"))
+        outcomes.sort(key=lambda o: o.index)
+        return out, outcomes
+
+    def anonymize_file(
+        self,
+        source: str | Path,
+        output: str | Path,
+        *,
+        overwrite: bool = False,
+        protected: set[Path] | None = None,
+    ) -> ImageReport:
+        """Read ``source``, anonymize it and write ``output`` with all metadata stripped.
+
+        The source itself is always protected: it is never overwritten.
+        """
+        source = Path(source)
+        loaded = read_image(source)
+        out, report = self.anonymize(loaded.pixels)
+        guard = {source.resolve()} | (protected or set())
+        write_image(output, out, loaded.alpha, protected=guard, overwrite=overwrite)
+        report.source, report.output = source, Path(output)
+        return report

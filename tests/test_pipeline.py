@@ -1,0 +1,346 @@
+"""Pipeline tests on real faces: io, detection, alignment, blending, classical anonymizers, CLI."""
+
+from __future__ import annotations
+
+import io as _io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from identitydp import Anonymizer
+from identitydp.align import align_face, estimate_similarity, face_mask, template_for, transform_points
+from identitydp.anonymizers import DPPixAnonymizer, FaceAnonymizer, FrameResult, make_anonymizer
+from identitydp.blend import paste_face
+from identitydp.cli import main as cli_main
+from identitydp.detect import CenterFaceDetector, Detections
+from identitydp.errors import ImageReadError, ImageWriteError
+from identitydp.io import collect_images, read_image, write_image
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "samples" / "group.jpg"
+
+
+@pytest.fixture(scope="module")
+def detector() -> CenterFaceDetector:
+    return CenterFaceDetector()
+
+
+def _face(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def compose_scene(lfw_images: list[Path], sizes: list[int], canvas=(1080, 1920), seed: int = 0):
+    """Paste LFW faces (the central face part of each 250×250 image) at given sizes on a textured canvas.
+
+    Returns the canvas and the ground-truth face boxes (x1, y1, x2, y2).
+    """
+    rng = np.random.default_rng(seed)
+    h, w = canvas
+    yy, xx = np.mgrid[0:h, 0:w]
+    scene = np.stack([(xx * 0.05) % 255, (yy * 0.07) % 255, ((xx + yy) * 0.03) % 255], -1).astype(np.uint8)
+    scene = (scene // 2 + 60).astype(np.uint8)
+    boxes = []
+    occupied = np.zeros((h, w), bool)
+    people = lfw_images[:: max(1, len(lfw_images) // 97)]
+    for k, size in enumerate(sizes):
+        img = Image.open(people[k]).convert("RGB")
+        # LFW deep-funneled faces sit in the central ~100 px of 250; take a crop with context.
+        crop = img.crop((45, 40, 205, 200)).resize((int(size * 1.6), int(size * 1.6)), Image.LANCZOS)
+        cw = crop.size[0]
+        for _ in range(200):
+            x, y = int(rng.integers(0, w - cw)), int(rng.integers(0, h - cw))
+            if not occupied[y : y + cw, x : x + cw].any():
+                break
+        occupied[max(0, y - 4) : y + cw + 4, max(0, x - 4) : x + cw + 4] = True
+        scene[y : y + cw, x : x + cw] = np.asarray(crop)
+        face_side = cw / 1.6
+        off = (cw - face_side) / 2
+        boxes.append([x + off, y + off, x + off + face_side, y + off + face_side])
+    return scene, np.array(boxes)
+
+
+def _iou(a, b):
+    lt = np.maximum(a[:2], b[:2])
+    rb = np.minimum(a[2:], b[2:])
+    inter = np.prod(np.clip(rb - lt, 0, None))
+    return inter / (np.prod(a[2:] - a[:2]) + np.prod(b[2:] - b[:2]) - inter)
+
+
+# --------------------------------------------------------------------------------------- io
+
+
+def test_read_every_format_and_mode(tmp_path, lfw_images):
+    base = Image.open(lfw_images[0]).convert("RGB")
+    cases = {
+        "a.png": base.convert("RGBA"),
+        "b.webp": base,
+        "c.bmp": base,
+        "d.tiff": base.convert("CMYK"),
+        "e.png": base.convert("L"),
+        "f.png": base.convert("LA"),
+        "g.png": base.convert("P"),
+        "h.png": Image.fromarray((np.asarray(base.convert("L")).astype(np.uint16) * 257)),
+        "i.jpg": base,
+    }
+    for name, img in cases.items():
+        img.save(tmp_path / name)
+        loaded = read_image(tmp_path / name)
+        assert loaded.pixels.dtype == np.uint8 and loaded.pixels.shape == (250, 250, 3), name
+        assert (loaded.alpha is not None) == (name in ("a.png", "f.png")), name
+    # 16-bit grey keeps its exposure: the same brightness as the 8-bit grey version.
+    grey = np.asarray(base.convert("L"), np.float64)
+    assert abs(read_image(tmp_path / "h.png").pixels[..., 0].mean() - grey.mean()) < 1.0
+
+
+def test_exif_orientation_applied(tmp_path):
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    img.save(tmp_path / "rot.jpg", exif=exif)
+    assert read_image(tmp_path / "rot.jpg").pixels.shape == (40, 20, 3)
+
+
+def test_bad_inputs_raise_clear_errors(tmp_path, lfw_images):
+    with pytest.raises(ImageReadError, match="no such file"):
+        read_image(tmp_path / "missing.jpg")
+    (tmp_path / "text.jpg").write_text("not an image")
+    with pytest.raises(ImageReadError, match="text.jpg"):
+        read_image(tmp_path / "text.jpg")
+    data = Path(lfw_images[0]).read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ImageReadError, match="cut.jpg"):
+        read_image(tmp_path / "cut.jpg")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ImageReadError, match="empty.png"):
+        read_image(tmp_path / "empty.png")
+
+
+def test_write_strips_metadata_and_never_overwrites_input(tmp_path, lfw_images):
+    src = tmp_path / "gps.jpg"
+    img = Image.open(lfw_images[1])
+    exif = Image.Exif()
+    exif[0x010F] = "CameraMaker"
+    exif[0x8825] = {1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 36.0)}  # GPS IFD
+    img.save(src, exif=exif, comment=b"secret comment")
+    assert Image.open(src).getexif()
+    out = tmp_path / "out.jpg"
+    Anonymizer("blur").anonymize_file(src, out)
+    back = Image.open(out)
+    assert not back.getexif() and "exif" not in back.info and "comment" not in back.info
+    assert not back.getexif().get_ifd(0x8825)
+    with pytest.raises(ImageWriteError, match="input"):
+        Anonymizer("blur").anonymize_file(src, src, overwrite=True)
+    with pytest.raises(ImageWriteError, match="exists"):
+        Anonymizer("blur").anonymize_file(src, out)
+    # Atomic write leaves no temporary files behind.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gps.jpg", "out.jpg"]
+
+
+def test_alpha_is_put_back(tmp_path, lfw_images):
+    rgba = Image.open(lfw_images[2]).convert("RGBA")
+    arr = np.asarray(rgba).copy()
+    arr[:30, :, 3] = 0
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    Anonymizer("pixelate").anonymize_file(tmp_path / "a.png", tmp_path / "b.png")
+    back = np.asarray(Image.open(tmp_path / "b.png"))
+    assert back.shape[2] == 4 and np.array_equal(back[..., 3], arr[..., 3])
+
+
+# --------------------------------------------------------------------------- detect + align
+
+
+def test_detects_lfw_faces(detector, lfw_images):
+    found = sum(len(detector.detect(_face(p))) > 0 for p in lfw_images[:40])
+    assert found >= 39
+
+
+def test_detects_tight_crops(detector, train_dir):
+    files = sorted((train_dir / "utkface").glob("*.jpg"))[:30]
+    found = sum(len(detector.detect(_face(p))) > 0 for p in files)
+    assert found >= 29
+
+
+def test_empty_detections_never_none(detector):
+    det = detector.detect(np.full((300, 400, 3), 127, np.uint8))
+    assert isinstance(det, Detections) and len(det) == 0 and det.landmarks.shape == (0, 5, 2)
+
+
+def test_scene_with_small_and_large_faces(detector, lfw_images):
+    sizes = [24, 28, 32, 40, 48, 56, 64, 80, 100, 120, 150, 200]
+    scene, truth = compose_scene(lfw_images, sizes)
+    det = detector.detect(scene)
+    hits = sum(any(_iou(t, b) > 0.3 for b in det.boxes) for t in truth)
+    assert hits >= len(truth) - 1, (hits, len(truth))
+
+
+def test_threshold_is_configurable(lfw_images):
+    img = _face(lfw_images[3])
+    assert len(CenterFaceDetector(threshold=0.3).detect(img)) >= len(CenterFaceDetector(threshold=0.9).detect(img))
+    with pytest.raises(ValueError):
+        CenterFaceDetector(threshold=1.5)
+
+
+def test_alignment_puts_landmarks_on_template(detector, lfw_images):
+    img = _face(lfw_images[5])
+    det = detector.detect(img)
+    for size, margin in [(112, 0.0), (128, 0.25), (64, 0.1)]:
+        aligned = align_face(img, det.landmarks[0], size=size, margin=margin)
+        assert aligned.crop.shape == (size, size, 3)
+        mapped = transform_points(det.landmarks[0], aligned.matrix)
+        assert np.abs(mapped - template_for(size, margin)).max() < size * 0.08
+        back = transform_points(mapped, aligned.inverse)
+        assert np.allclose(back, det.landmarks[0], atol=1e-3)
+    m = estimate_similarity(template_for(112), template_for(224))
+    assert np.allclose(m[:, :2], 2 * np.eye(2))
+    mask = face_mask(128)
+    assert mask[64, 64] == 1.0 and mask[0, 0] == 0.0
+
+
+def test_paste_keeps_outside_bit_identical(detector, lfw_images):
+    img = _face(lfw_images[7])
+    det = detector.detect(img)
+    aligned = align_face(img, det.landmarks[0], size=128, margin=0.25)
+    new_crop = np.full_like(aligned.crop, 200)
+    mask = face_mask(128, 0.25)
+    out = paste_face(img, new_crop, aligned.inverse, mask, color_match=True, original_crop=aligned.crop)
+    import cv2
+
+    warped_mask = cv2.warpAffine(mask, aligned.inverse, (img.shape[1], img.shape[0]), flags=cv2.INTER_LINEAR)
+    outside = cv2.dilate((warped_mask > 0).astype(np.uint8), np.ones((5, 5), np.uint8)) == 0
+    assert np.array_equal(out[outside], img[outside])
+    assert np.abs(out.astype(int) - img.astype(int))[warped_mask > 0.99].mean() > 5
+
+
+# ----------------------------------------------------------------------------- anonymizers
+
+
+@pytest.mark.parametrize("method", ["blur", "pixelate", "mask", "dp-pix"])
+def test_methods_change_faces_and_only_faces(method, lfw_images):
+    scene, truth = compose_scene(lfw_images, [60, 90, 130], canvas=(480, 720), seed=1)
+    anon = Anonymizer(method, seed=0)
+    out, report = anon.anonymize(scene)
+    assert out.shape == scene.shape and out.dtype == np.uint8
+    assert report.num_faces >= 3 and report.num_masked == 0
+    changed = np.any(out != scene, axis=2)
+    allowed = np.zeros(changed.shape, bool)
+    for box in report.detections.boxes:
+        x1, y1, x2, y2 = box
+        cx, cy, hw, hh = (x1 + x2) / 2, (y1 + y2) / 2, (x2 - x1) * 0.7, (y2 - y1) * 0.7
+        allowed[int(max(0, cy - hh)) : int(cy + hh) + 1, int(max(0, cx - hw)) : int(cx + hw) + 1] = True
+    assert not changed[~allowed].any(), "pixels outside the dilated face regions changed"
+    for t in truth:
+        x1, y1, x2, y2 = t.astype(int)
+        inner = np.abs(out[y1:y2, x1:x2].astype(int) - scene[y1:y2, x1:x2].astype(int)).mean()
+        assert inner > 3, f"{method} left a face nearly unchanged"
+
+
+def test_dp_pix_noise_scale_and_determinism():
+    a = DPPixAnonymizer(epsilon=0.5, block=8, m=16)
+    assert a.noise_scale == pytest.approx(255 * 16 / (64 * 0.5))
+    region = np.full((64, 64, 3), 128, np.uint8)
+    out1, rec = a.process_region(region, 64, np.random.default_rng(3))
+    out2, _ = a.process_region(region, 64, np.random.default_rng(3))
+    assert np.array_equal(out1, out2) and rec["epsilon"] == 0.5
+    # Clipped to [0, 255] and block-constant.
+    assert out1.min() >= 0 and out1.max() <= 255
+    assert np.all(out1[:8, :8] == out1[0, 0])
+    with pytest.raises(ValueError):
+        DPPixAnonymizer(epsilon=0)
+    with pytest.raises(TypeError):
+        DPPixAnonymizer(1.0)  # ε is keyword-only
+
+
+class _BrokenMethod(FaceAnonymizer):
+    """A method that fails on every frame, as a broken generator would."""
+
+    name = "broken"
+
+    def anonymize_frame(self, image, faces, rng) -> FrameResult:
+        raise RuntimeError("generator exploded")
+
+
+class _SkippingMethod(FaceAnonymizer):
+    """A method that returns the frame untouched and reports nothing."""
+
+    name = "skipping"
+
+    def anonymize_frame(self, image, faces, rng) -> FrameResult:
+        return FrameResult(image=image.copy(), faces=[])
+
+
+@pytest.mark.parametrize("method", [_BrokenMethod(), _SkippingMethod()])
+def test_fail_closed_masks_faces(method, lfw_images):
+    img = _face(lfw_images[10])
+    out, report = Anonymizer(method).anonymize(img)
+    assert report.num_faces == 1 and report.num_masked == 1
+    x1, y1, x2, y2 = report.detections.boxes[0].astype(int)
+    assert out[y1 + 5 : y2 - 5, (x1 + x2) // 2].max() == 0  # solid black through the face
+
+
+def test_fail_closed_on_odd_crop():
+    img = np.full((100, 100, 3), 90, np.uint8)
+    det = Detections(
+        np.array([[50.0, 50.0, 50.0, 80.0]], np.float32),
+        np.array([0.9], np.float32),
+        np.full((1, 5, 2), 99.7, np.float32),
+    )
+    out, report = Anonymizer("blur").anonymize(img, det)
+    assert report.faces[0].status == "masked"
+
+
+def test_api_rejects_bad_images():
+    with pytest.raises(ValueError):
+        Anonymizer("blur").anonymize(np.zeros((10, 10), np.float32))
+    with pytest.raises(ValueError):
+        make_anonymizer("nonsense")
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_folder_tree_and_exit_codes(tmp_path, lfw_images, capsys):
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    for i, p in enumerate(lfw_images[20:24]):
+        Image.open(p).save(src / ("sub" if i % 2 else ".") / f"{i}.jpg")
+    (src / "broken.jpg").write_bytes(b"\xff\xd8garbage")
+    out = tmp_path / "out"
+    code = cli_main(["anonymize", str(src), "-o", str(out), "--method", "pixelate"])
+    assert code == 1  # one input failed, the others were written
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.jpg"))
+    assert written == ["0.jpg", "2.jpg", "sub/1.jpg", "sub/3.jpg"]
+    text = capsys.readouterr()
+    assert "4 faces anonymized" in text.out and "broken.jpg" in text.err
+    assert cli_main(["anonymize", str(src / "0.jpg"), "-o", str(out / "0.jpg")]) == 1  # exists: that input fails
+    assert cli_main(["anonymize", str(src / "0.jpg"), "-o", str(out / "0.jpg"), "--overwrite"]) == 0
+
+
+def test_cli_detect_json(tmp_path, capsys):
+    assert cli_main(["detect", str(SAMPLE), "-o", str(tmp_path / "d.json")]) == 0
+    import json
+
+    faces = json.loads((tmp_path / "d.json").read_text())[0]["faces"]
+    assert len(faces) == 5 and all(len(f["landmarks"]) == 5 for f in faces)
+
+
+def test_console_script_on_sample(tmp_path):
+    out = tmp_path / "group.jpg"
+    proc = subprocess.run(
+        [sys.executable, "-m", "identitydp.cli", "anonymize", str(SAMPLE), "-o", str(out), "--method", "dp-pix", "--epsilon", "1", "--seed", "1"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "5 faces anonymized" in proc.stdout
+    assert out.exists() and read_image(out).pixels.shape == read_image(SAMPLE).pixels.shape
+    bad = subprocess.run([sys.executable, "-m", "identitydp.cli", "anonymize", str(tmp_path / "nope.jpg")], capture_output=True, text=True)
+    assert bad.returncode != 0 and "nope.jpg" in bad.stderr
+
+
+def test_collect_images_rejects_missing(tmp_path):
+    with pytest.raises(ImageReadError):
+        collect_images([tmp_path / "nope"])
