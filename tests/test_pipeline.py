@@ -44,18 +44,26 @@ def compose_scene(lfw_images: list[Path], sizes: list[int], canvas=(1080, 1920),
     scene = np.stack([(xx * 0.05) % 255, (yy * 0.07) % 255, ((xx + yy) * 0.03) % 255], -1).astype(np.uint8)
     scene = (scene // 2 + 60).astype(np.uint8)
     boxes = []
-    occupied = np.zeros((h, w), bool)
     people = lfw_images[:: max(1, len(lfw_images) // 97)]
+    # Shelf packing (largest first), with random slack, so no two tiles overlap.
+    order = sorted(range(len(sizes)), key=lambda k: -sizes[k])
+    x, y, shelf = 8, 8, 0
+    placed = {}
+    for k in order:
+        cw = int(sizes[k] * 1.6)
+        if x + cw > w - 8:
+            x, y, shelf = 8, y + shelf + 8, 0
+        if y + cw > h - 8:
+            raise ValueError("faces do not fit on the canvas")
+        jitter = int(rng.integers(0, 8))
+        placed[k] = (x + jitter, y)
+        x, shelf = x + cw + 8 + jitter, max(shelf, cw)
     for k, size in enumerate(sizes):
         img = Image.open(people[k]).convert("RGB")
         # LFW deep-funneled faces sit in the central ~100 px of 250; take a crop with context.
         crop = img.crop((45, 40, 205, 200)).resize((int(size * 1.6), int(size * 1.6)), Image.LANCZOS)
         cw = crop.size[0]
-        for _ in range(200):
-            x, y = int(rng.integers(0, w - cw)), int(rng.integers(0, h - cw))
-            if not occupied[y : y + cw, x : x + cw].any():
-                break
-        occupied[max(0, y - 4) : y + cw + 4, max(0, x - 4) : x + cw + 4] = True
+        x, y = placed[k]
         scene[y : y + cw, x : x + cw] = np.asarray(crop)
         face_side = cw / 1.6
         off = (cw - face_side) / 2

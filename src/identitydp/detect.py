@@ -116,8 +116,8 @@ class CenterFaceDetector:
             ones; 0.5 is a safe default for anonymization, where a miss is a leak.
         max_side: frames are resized so that their longer side is at most this many pixels for
             the global pass.
-        tile: when the frame is larger than ``max_side``, also scan full-resolution tiles of this
-            side so that small faces are found (0 disables tiling).
+        tile: when the frame is more than twice ``max_side``, also scan full-resolution tiles of
+            this side so that small faces are found (0 disables tiling).
         pad_tight: pad small, tight crops (a face filling the image) before detection.
         nms_iou: IoU above which overlapping boxes are merged.
     """
@@ -206,7 +206,8 @@ class CenterFaceDetector:
         else:
             scale = min(1.0, self.max_side / max(h, w))
             parts.append(self._detect_resized(image, scale))
-            if scale < 1.0 and self.tile:
+            # Tiles cost several passes: only worth it when the global pass shrinks faces a lot.
+            if scale < 0.5 and self.tile:
                 parts.extend(self._detect_tiles(image))
         merged = Detections.concatenate(parts)
         if not len(merged):
