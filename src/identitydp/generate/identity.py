@@ -108,7 +108,8 @@ def degrade(images: torch.Tensor, generator: torch.Generator | None = None) -> t
     r = torch.rand(n, 3, device=dev, generator=generator)
     out = images
     # One down-up factor for the whole batch keeps this a single interpolate call.
-    factor = 0.5 + 0.5 * float(torch.rand(1, generator=generator, device=dev))
+    # Drawn on the CPU (seeded by torch.manual_seed) so that no device sync is needed.
+    factor = 0.5 + 0.5 * float(torch.rand(1))
     if factor < 0.97:
         small = max(8, int(round(h * factor)))
         out = F.interpolate(out, size=(small, small), mode="bilinear", align_corners=False, antialias=True)

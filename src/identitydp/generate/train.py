@@ -1,0 +1,564 @@
+"""Train the IdentityDP generator (attribute encoder + AAD generator) against a PatchGAN.
+
+Usage (from the repository root; needs only torch, numpy, safetensors, opencv, pillow)::
+
+    PYTHONPATH=src python3 -m identitydp.generate.train --bundle .data/train128.npz \
+        --device cuda --minutes 9 --out runs/gpu1
+
+or ``identitydp train ...`` with the same options. ``--minutes`` is a wall-time budget from
+process start: training stops early enough to write the final checkpoint, samples, the exported
+fp16 generator and a final evaluation.
+
+Losses (DESIGN.md §3, FaceShifter weights): hinge adversarial + 10·attribute + 5·identity +
+10·reconstruction. Identity is ``1 − cos`` between the centred dlib descriptor of a *degraded,
+jittered* copy of the output (differentiable dlib port, chip warp by ``grid_sample``) and the
+source identity. Each sample's source is, at random: another face (swap), the face itself
+(reconstruction), another image of the same CelebA person (reconstruction weight ½), or its own
+identity with Laplace-shaped noise at a random noise level (what the DP mechanisms produce).
+
+Run folder (``--out``), at most 8 files so that it can come back from a remote machine:
+``config.json`` (resolved), ``log.jsonl`` (losses, throughput, evaluations), ``samples_*.png``
+(last ``--keep-samples``; rows: target | source | swap | self | noisy), ``ckpt_fp16.safetensors``
+(G + D weights, fp16, with the step counters in its metadata), ``generator_fp16.safetensors``
+(the shippable EMA generator + attribute encoder + identity mean). ``--full-ckpt`` (default
+``OUT/ckpt_full.safetensors``) holds fp32 weights + Adam state for exact resumption.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .data import FaceBundle, PairIndex, load_bundle, to_model, to_pixels
+from .identity import (
+    CHIP_SIZE,
+    centre,
+    crop_to_chip_matrices,
+    crop_to_template_matrices,
+    degrade,
+    jitter_theta,
+    laplace_sphere_noise,
+    resample,
+    warp_theta,
+)
+from .networks import FaceGenerator, MultiScalePatchDiscriminator, NetConfig, count_params
+from .train_options import TrainConfig, add_arguments, config_from_args
+
+log = logging.getLogger("identitydp.train")
+
+EXPORT_FORMAT = "identitydp-generator-v1"
+
+
+class Trainer:
+    """One training run. Build with a :class:`TrainConfig`, then :meth:`run`."""
+
+    def __init__(self, cfg: TrainConfig, start_time: float | None = None,
+                 echo: Callable[[str], None] | None = None) -> None:
+        """``echo`` receives every log record as a JSON line (the CLI prints them)."""
+        self.start_time = start_time or time.time()
+        self.echo = echo
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(cfg.seed)
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(cfg.seed)
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.full_ckpt = Path(cfg.full_ckpt) if cfg.full_ckpt else self.out / "ckpt_full.safetensors"
+        self._log_file = open(self.out / "log.jsonl", "a")
+
+        t0 = time.time()
+        self.data: FaceBundle = load_bundle(cfg.bundle, size=cfg.size, device=self.device, limit=cfg.limit,
+                                            threads=max(1, (os.cpu_count() or 2)))
+        self.event("data", faces=len(self.data), heldout=int(self.data.heldout.sum()), size=self.data.size,
+                   margin=self.data.margin, seconds=round(time.time() - t0, 1))
+        self.train_idx = torch.nonzero(~self.data.heldout).squeeze(1)
+        held = torch.nonzero(self.data.heldout).squeeze(1)
+        # Spread over the held-out set so that both UTKFace and CelebA faces are evaluated.
+        pick = torch.linspace(0, len(held) - 1, min(cfg.eval_faces, len(held))).round().long().to(held.device)
+        self.eval_idx = held[pick]
+        self.pairs = PairIndex(self.data.identity, ~self.data.heldout)
+
+        from ..models.dlib_resnet import DlibEncoder
+
+        self.dlib = DlibEncoder.load(device=self.device)
+        self.memory_format = torch.channels_last if self.cuda else torch.contiguous_format
+        self.dlib = self.dlib.to(memory_format=self.memory_format)
+        # Chip warps are fixed per face: precompute their thetas once.
+        lms = self.data.landmarks.cpu().numpy()
+        self.chip_theta = torch.from_numpy(warp_theta(crop_to_chip_matrices(lms), self.data.size, CHIP_SIZE)).to(self.device)
+        t0 = time.time()
+        raw = self._embed_bundle()
+        self.id_mean = raw[~self.data.heldout].mean(0)
+        self.z = centre(raw, self.id_mean)
+        self.event("embeddings", seconds=round(time.time() - t0, 1),
+                   random_pair_cos=round(float((self.z[:256] @ self.z[256:512].T).mean()), 4) if len(self.z) >= 512 else None)
+
+        net_cfg = NetConfig(size=cfg.size, **cfg.net)
+        self.net_cfg = net_cfg
+        self.G = FaceGenerator(net_cfg).to(self.device, memory_format=self.memory_format)
+        self.D = MultiScalePatchDiscriminator(net_cfg).to(self.device, memory_format=self.memory_format)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=tuple(cfg.betas))
+        self.step = 0
+        self.images_seen = 0
+        self.train_seconds = 0.0
+        self.judge = self._load_judge()
+        if cfg.resume:
+            self.load_full(cfg.resume)
+        elif cfg.init:
+            self.load_weights(cfg.init)
+        self.event("model", g_params=count_params(self.G), d_params=count_params(self.D),
+                   encoder_params=count_params(self.G.encoder), net=net_cfg.to_dict(), judge=self.judge is not None)
+        self._write_config()
+
+    # ------------------------------------------------------------------ logging
+    def event(self, kind: str, **fields) -> None:
+        record = {"event": kind, "t": round(time.time() - self.start_time, 2), **fields}
+        self._log_file.write(json.dumps(record) + "\n")
+        self._log_file.flush()
+        if self.echo is not None:
+            self.echo(json.dumps(record))
+
+    def _write_config(self) -> None:
+        resolved = asdict(self.cfg)
+        resolved["net"] = self.net_cfg.to_dict()
+        resolved["margin"] = self.data.margin
+        resolved["torch"] = torch.__version__
+        resolved["device_name"] = torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
+        resolved["bundle_meta"] = self.data.meta
+        (self.out / "config.json").write_text(json.dumps(resolved, indent=2))
+
+    # ------------------------------------------------------------------ identity
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else torch.autocast("cpu", enabled=False)
+
+    @torch.no_grad()
+    def _embed_bundle(self) -> torch.Tensor:
+        """Raw dlib descriptors (N, 128) of every bundle crop, from its chip (cached on disk)."""
+        n = len(self.data)
+        cache = Path(str(self.cfg.bundle) + f".dlib{self.data.size}.npy")
+        if cache.is_file() and not self.cfg.limit:
+            arr = np.load(cache, allow_pickle=False)
+            if arr.shape == (n, 128):
+                return torch.from_numpy(arr).float().to(self.device)
+        out = []
+        bs = 512 if self.cuda else 64
+        for s in range(0, n, bs):
+            x = to_pixels(to_model(self.data.images[s : s + bs]))
+            chips = resample(x, self.chip_theta[s : s + bs], CHIP_SIZE).contiguous(memory_format=self.memory_format)
+            with self._autocast():
+                out.append(self.dlib(chips).float())
+        raw = torch.cat(out)
+        if not self.cfg.limit:
+            try:
+                np.save(cache, raw.cpu().numpy())
+            except OSError as exc:  # read-only bundle folder: just recompute next time
+                log.warning("cannot cache embeddings at %s: %s", cache, exc)
+        return raw
+
+    def identity_of(self, images: torch.Tensor, theta: torch.Tensor, augment: bool) -> torch.Tensor:
+        """Centred unit dlib identity (N, 128) of (N, 3, S, S) [-1, 1] crops, differentiable."""
+        if augment:
+            theta = jitter_theta(theta, self.gen)
+        chips = resample(to_pixels(images), theta, CHIP_SIZE)
+        if augment:
+            chips = degrade(chips, self.gen)
+        chips = chips.contiguous(memory_format=self.memory_format)
+        return centre(self.dlib(chips), self.id_mean)
+
+    def _load_judge(self):
+        """The independent judge (mobileface) as (net, theta (N,2,3) for eval faces); None if absent."""
+        if not self.cfg.judge:
+            return None
+        try:
+            from ..models import judges
+        except ImportError:
+            self.event("judge_missing", reason="identitydp.models.judges not available")
+            return None
+        try:
+            net = judges.MobileFace.load(device=self.device)
+        except Exception as exc:  # noqa: BLE001 - any judge failure only disables the quick evaluation
+            self.event("judge_missing", reason=f"{type(exc).__name__}: {exc}")
+            return None
+        lms = self.data.landmarks[self.eval_idx].cpu().numpy()
+        size = int(getattr(judges, "MOBILEFACE_SIZE", 112))
+        template = getattr(judges, "MOBILEFACE_TEMPLATE", None)
+        if template is None:
+            from ..align import template_for
+
+            template = template_for(size, 0.0)
+        theta = warp_theta(crop_to_template_matrices(lms, np.asarray(template)), self.data.size, size)
+        return net, torch.from_numpy(theta).to(self.device), size
+
+    def _judge_embed(self, images: torch.Tensor) -> torch.Tensor:
+        net, theta, size = self.judge
+        x = resample(to_pixels(images), theta[: images.shape[0]], size)
+        return F.normalize(net(x).float(), dim=1)
+
+    # ------------------------------------------------------------------ batches
+    def _augment(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target crops (B, 3, S, S) in [-1, 1] and their chip thetas, with random flips and a mild
+        brightness/contrast jitter (attributes must survive both)."""
+        x = to_model(self.data.images[idx])
+        theta = self.chip_theta[idx]
+        flip = torch.rand(len(idx), device=self.device, generator=self.gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+        # Flipping the crop mirrors the chip: x_n → −x_n on both sides of the warp.
+        flipped = theta.clone()
+        flipped[:, 0, 1] = -theta[:, 0, 1]
+        flipped[:, 1, 0] = -theta[:, 1, 0]
+        flipped[:, 0, 2] = -theta[:, 0, 2]
+        theta = torch.where(flip[:, None, None], flipped, theta)
+        jit = torch.rand(len(idx), 2, device=self.device, generator=self.gen) * 2 - 1
+        x = (x * (1 + 0.1 * jit[:, :1, None, None]) + 0.1 * jit[:, 1:, None, None]).clamp(-1, 1)
+        return x.contiguous(memory_format=self.memory_format), theta
+
+    def _batch(self) -> dict:
+        b = self.cfg.batch
+        pick = torch.randint(len(self.train_idx), (b,), device=self.device, generator=self.gen)
+        idx = self.train_idx[pick]
+        target, theta = self._augment(idx)
+        z_self = self.z[idx]
+        u = torch.rand(b, device=self.device, generator=self.gen)
+        c = self.cfg
+        total = c.p_swap + c.p_self + c.p_pair + c.p_noisy
+        t1, t2, t3 = c.p_swap / total, (c.p_swap + c.p_self) / total, (c.p_swap + c.p_self + c.p_pair) / total
+        swap, selfm = u < t1, (u >= t1) & (u < t2)
+        pair_req, noisy = (u >= t2) & (u < t3), u >= t3
+        other = self.train_idx[torch.randint(len(self.train_idx), (b,), device=self.device, generator=self.gen)]
+        partner = self.pairs.partner(idx, self.gen)
+        pair = pair_req & (partner != idx)
+        selfm = selfm | (pair_req & ~pair)  # faces without a second image reconstruct themselves
+        z_noisy, _ = laplace_sphere_noise(z_self, self.gen)
+        z_src = torch.where(swap[:, None], self.z[other], z_self)
+        z_src = torch.where(pair[:, None], self.z[partner], z_src)
+        z_src = torch.where(noisy[:, None], z_noisy, z_src)
+        # Another photo of the same person is a near-reconstruction: half weight.
+        rec_w = selfm.float() + 0.5 * pair.float()
+        return {"target": target, "theta": theta, "z": z_src, "rec_w": rec_w, "swap": swap}
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self) -> dict:
+        """One discriminator and one generator update on a fresh batch; returns float losses."""
+        c = self.cfg
+        batch = self._batch()
+        x, z = batch["target"], batch["z"]
+        self.G.train()
+        with self._autocast():
+            y, attrs_x = self.G(x, z)
+        # --- discriminator
+        self.opt_d.zero_grad(set_to_none=True)
+        with self._autocast():
+            real = self.D(x)
+            fake = self.D(y.detach())
+            loss_d = sum(F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real, fake)) / len(real)
+        loss_d.backward()
+        self.opt_d.step()
+        # --- generator
+        self.opt_g.zero_grad(set_to_none=True)
+        with self._autocast():
+            adv = -sum(f.mean() for f in self.D(y)) / len(real)
+            attrs_y = self.G.encoder(y)
+            att = 0.5 * sum(F.mse_loss(a.float(), b.float()) for a, b in zip(attrs_y, attrs_x))
+            zid = self.identity_of(y, batch["theta"], augment=True)
+            idl = (1 - (zid * z).sum(1)).mean()
+            w = batch["rec_w"]
+            per = 0.5 * ((y.float() - x.float()) ** 2).mean(dim=(1, 2, 3))
+            rec = (per * w).sum() / w.sum().clamp_min(1.0)
+            loss_g = c.w_adv * adv + c.w_att * att + c.w_id * idl + c.w_rec * rec
+        loss_g.backward()
+        self.opt_g.step()
+        self._update_ema()
+        self.step += 1
+        self.images_seen += x.shape[0]
+        return {"d": loss_d, "adv": adv, "att": att, "id": idl, "rec": rec, "g": loss_g}
+
+    LOSS_NAMES = ("d", "adv", "att", "id", "rec", "g")
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.cfg.ema, (1 + self.step) / (10 + self.step))
+        for pe, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            pe.lerp_(p.detach(), 1 - decay)
+        for be, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            be.copy_(b)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def _eval_batch(self) -> dict:
+        idx = self.eval_idx
+        n = len(idx)
+        x = to_model(self.data.images[idx]).contiguous(memory_format=self.memory_format)
+        z_t = self.z[idx]
+        # Source = the held-out face half a set away: a different person for CelebA identities
+        # (held out whole), and a different UTKFace photo otherwise.
+        perm = torch.roll(torch.arange(n, device=self.device), n // 2)
+        z_s = z_t[perm]
+        g = torch.Generator(device=self.device)
+        g.manual_seed(1234)
+        z_n, _ = laplace_sphere_noise(z_t, g, ratio_range=(3.0, 3.0))
+        return {"idx": idx, "x": x, "perm": perm, "z_t": z_t, "z_s": z_s, "z_n": z_n}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Quick held-out evaluation of the EMA generator: mean cosine of outputs to the source and
+        the target identity, for dlib (trained through) and the independent judge (the number to
+        watch), on swaps and self-reconstructions."""
+        e = self._eval_batch()
+        G = self.G_ema
+        res: dict = {"step": self.step, "images_seen": self.images_seen}
+        outs = {}
+        for name, z in (("swap", e["z_s"]), ("self", e["z_t"]), ("noisy", e["z_n"])):
+            ys = []
+            for s in range(0, len(e["x"]), 32):
+                with self._autocast():
+                    ys.append(G(e["x"][s : s + 32], z[s : s + 32])[0].float())
+            outs[name] = torch.cat(ys)
+        theta = self.chip_theta[e["idx"]]
+        for name, y in outs.items():
+            zid = self.identity_of(y, theta, augment=False)
+            res[f"dlib_{name}_to_target"] = float((zid * e["z_t"]).sum(1).mean())
+            if name == "swap":
+                res["dlib_swap_to_source"] = float((zid * e["z_s"]).sum(1).mean())
+            res[f"l1_{name}"] = float((y - e["x"]).abs().mean())
+        if self.judge is not None:
+            jt = self._judge_embed(e["x"])
+            js = jt[e["perm"]]
+            res["judge_target_to_source"] = float((jt * js).sum(1).mean())
+            for name, y in outs.items():
+                jy = self._judge_embed(y)
+                res[f"judge_{name}_to_target"] = float((jy * jt).sum(1).mean())
+                if name == "swap":
+                    res["judge_swap_to_source"] = float((jy * js).sum(1).mean())
+        self.event("eval", **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()})
+        self._last_eval_outputs = (e, outs)
+        return res
+
+    @torch.no_grad()
+    def write_samples(self, columns: int = 8) -> Path:
+        """PNG grid, rows: target | source | swap output | self-reconstruction | noisy identity."""
+        from PIL import Image
+
+        if not hasattr(self, "_last_eval_outputs") or self._last_eval_outputs[0] is None:
+            self.evaluate()
+        e, outs = self._last_eval_outputs
+        k = min(columns, len(e["x"]))
+        rows = [e["x"][:k], e["x"][e["perm"][:k]], outs["swap"][:k], outs["self"][:k], outs["noisy"][:k]]
+        grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)  # (3, 5S, kS)
+        img = to_pixels(grid).clamp(0, 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        path = self.out / f"samples_{self.step:06d}.png"
+        Image.fromarray(img).save(path)
+        old = sorted(self.out.glob("samples_*.png"))
+        for p in old[: max(0, len(old) - self.cfg.keep_samples)]:
+            p.unlink()
+        return path
+
+    # ------------------------------------------------------------------ checkpoints
+    def _counters(self) -> dict:
+        return {"step": self.step, "images_seen": self.images_seen, "train_seconds": round(self.train_seconds, 1),
+                "net": json.dumps(self.net_cfg.to_dict()), "margin": self.data.margin}
+
+    def save_full(self) -> None:
+        """fp32 G, EMA G, D and both Adam states (exact resumption)."""
+        from safetensors.torch import save_file
+
+        tensors = {}
+        for prefix, module in (("G.", self.G), ("G_ema.", self.G_ema), ("D.", self.D)):
+            for k, v in module.state_dict().items():
+                tensors[prefix + k] = v.detach().contiguous().cpu()
+        for prefix, opt in (("opt_g.", self.opt_g), ("opt_d.", self.opt_d)):
+            for i, state in opt.state_dict()["state"].items():
+                for k, v in state.items():
+                    tensors[f"{prefix}{i}.{k}"] = torch.as_tensor(v).detach().contiguous().cpu()
+        tensors["id_mean"] = self.id_mean.float().cpu()
+        meta = {k: str(v) for k, v in self._counters().items()}
+        tmp = self.full_ckpt.with_suffix(".tmp")
+        self.full_ckpt.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, self.full_ckpt)
+
+    def load_full(self, path: str | Path) -> None:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path), device=str(self.device))
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        for prefix, module in (("G.", self.G), ("G_ema.", self.G_ema), ("D.", self.D)):
+            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        for prefix, opt in (("opt_g.", self.opt_g), ("opt_d.", self.opt_d)):
+            sd = opt.state_dict()
+            state: dict = {}
+            for k, v in tensors.items():
+                if k.startswith(prefix):
+                    i, name = k[len(prefix):].split(".", 1)
+                    state.setdefault(int(i), {})[name] = v if name != "step" else v.cpu()
+            sd["state"] = state
+            opt.load_state_dict(sd)
+        self.id_mean = tensors["id_mean"].to(self.device)
+        self.z = centre(self._embed_bundle(), self.id_mean)
+        self.step = int(meta.get("step", 0))
+        self.images_seen = int(meta.get("images_seen", 0))
+        self.train_seconds = float(meta.get("train_seconds", 0.0))
+        self.event("resumed", path=str(path), step=self.step)
+
+    def load_weights(self, path: str | Path) -> None:
+        """Start from the weights of a ``ckpt_fp16.safetensors`` (fresh optimizers)."""
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path), device=str(self.device))
+        g = {k[2:]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith("G.")}
+        d = {k[2:]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith("D.")}
+        self.G.load_state_dict(g)
+        self.G_ema.load_state_dict(g)
+        self.D.load_state_dict(d)
+        self.event("initialised", path=str(path))
+
+    def save_compact(self) -> None:
+        """``ckpt_fp16.safetensors`` (G + D, fp16) and ``generator_fp16.safetensors`` (EMA G)."""
+        from safetensors.torch import save_file
+
+        def half(sd: dict, prefix: str) -> dict:
+            return {prefix + k: (v.half() if v.is_floating_point() else v).detach().contiguous().cpu() for k, v in sd.items()}
+
+        meta = {k: str(v) for k, v in self._counters().items()}
+        tensors = {**half(self.G.state_dict(), "G."), **half(self.D.state_dict(), "D.")}
+        tensors["id_mean"] = self.id_mean.float().cpu()
+        tmp = self.out / "ckpt_fp16.tmp"
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, self.out / "ckpt_fp16.safetensors")
+        export_generator(self.G_ema, self.id_mean, self.out / "generator_fp16.safetensors", {
+            **meta,
+            "device": torch.cuda.get_device_name(self.device) if self.cuda else "cpu",
+            "bundle": Path(self.cfg.bundle).name,
+        })
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> dict:
+        c = self.cfg
+        deadline = self.start_time + c.minutes * 60 - c.final_reserve_s
+        last = {"log": time.time(), "eval": time.time(), "sample": time.time(), "ckpt": time.time()}
+        window_imgs, window_t = 0, time.time()
+        # Losses are summed on the device and read once per log line: no per-step host sync.
+        sums = torch.zeros(len(self.LOSS_NAMES), device=self.device)
+        nsum = 0
+        self.evaluate()
+        self.write_samples()
+        self.event("start", step=self.step, deadline_s=round(deadline - self.start_time, 1))
+        t_loop = time.time()
+        while time.time() < deadline and (not c.max_steps or self.step < c.max_steps):
+            losses = self.train_step()
+            sums += torch.stack([losses[k].detach().float() for k in self.LOSS_NAMES])
+            nsum += 1
+            window_imgs += c.batch
+            now = time.time()
+            if now - last["log"] >= c.log_every_s:
+                means = (sums / nsum).tolist()
+                if not all(math.isfinite(v) for v in means):
+                    raise FloatingPointError(f"non-finite losses before step {self.step}: {dict(zip(self.LOSS_NAMES, means))}")
+                rate = window_imgs / (now - window_t)
+                self.event("train", step=self.step, images_seen=self.images_seen, images_per_s=round(rate, 1),
+                           **{k: round(v, 4) for k, v in zip(self.LOSS_NAMES, means)})
+                sums.zero_()
+                nsum, window_imgs, window_t = 0, 0, now
+                last["log"] = now
+            if now - last["eval"] >= c.eval_every_s:
+                self.evaluate()
+                last["eval"] = time.time()
+            if now - last["sample"] >= c.sample_every_s:
+                self.write_samples()
+                last["sample"] = time.time()
+            if now - last["ckpt"] >= c.ckpt_every_s:
+                self.train_seconds += time.time() - t_loop
+                t_loop = time.time()
+                self.save_compact()
+                self.save_full()
+                last["ckpt"] = time.time()
+        self.train_seconds += time.time() - t_loop
+        final = self.evaluate()
+        self.write_samples()
+        self.save_compact()
+        self.save_full()
+        self.event("done", step=self.step, images_seen=self.images_seen, train_seconds=round(self.train_seconds, 1),
+                   images_per_s=round(self.images_seen / max(self.train_seconds, 1e-6), 1),
+                   wall_s=round(time.time() - self.start_time, 1))
+        self._log_file.close()
+        return final
+
+
+def export_generator(model: FaceGenerator, id_mean: torch.Tensor, path: str | Path, meta: dict) -> None:
+    """Write the shippable generator: fp16 weights of the attribute encoder + AAD generator, the
+    fp32 identity mean (128,) it was trained with, and its config/margin in the metadata."""
+    from safetensors.torch import save_file
+
+    tensors = {k: (v.half() if v.is_floating_point() else v).detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors["id_mean"] = id_mean.float().cpu().contiguous()
+    info = {k: str(v) for k, v in meta.items()}
+    info["format"] = EXPORT_FORMAT
+    info["net"] = json.dumps(model.cfg.to_dict())
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=info)
+    os.replace(tmp, path)
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[FaceGenerator, torch.Tensor, dict]:
+    """Load an exported generator in fp32, eval mode.
+
+    Returns:
+        (model, identity mean (128,) float32, metadata dict incl. ``margin`` and ``net``).
+
+    Raises:
+        ValueError: the file is not an exported identitydp generator.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), "pt") as fh:
+        meta = dict(fh.metadata() or {})
+    if meta.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{path} is not an {EXPORT_FORMAT} file (format {meta.get('format')!r})")
+    tensors = load_file(str(path), device=str(device))
+    id_mean = tensors.pop("id_mean").float()
+    model = FaceGenerator(NetConfig(**json.loads(meta["net"])))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    return model.to(device).eval().requires_grad_(False), id_mean, meta
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    start = time.time()
+    cfg = config_from_args(args)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    Trainer(cfg, start_time=start, echo=lambda line: print(line, flush=True)).run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m identitydp.generate.train", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
