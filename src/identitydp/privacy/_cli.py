@@ -1,0 +1,59 @@
+"""``identitydp privacy``: explain what a privacy setting guarantees."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+DEFAULT_DIM = 128
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("privacy", help="explain the ε-IdentityDP guarantee of a setting")
+    sub = parser.add_subparsers(dest="privacy_command", metavar="ACTION")
+    sub.required = True
+    ex = sub.add_parser(
+        "explain",
+        help="say in plain words what a mechanism and ε mean",
+        description="Print sensitivity, noise scale, noise vs signal and the bound on an attacker's odds.",
+    )
+    ex.add_argument("--mechanism", choices=("laplace", "gaussian", "metric"), default="laplace")
+    ex.add_argument("--epsilon", type=float, required=True, help="ε > 0, or 'inf' for no noise")
+    ex.add_argument("--delta", type=float, default=None, help="δ for --mechanism gaussian (e.g. 1e-6)")
+    ex.add_argument("--dim", type=int, default=DEFAULT_DIM, help=f"embedding dimension d (default {DEFAULT_DIM})")
+    ex.add_argument("--k", type=int, default=None, help="add noise in k projected, whitened coordinates")
+    ex.add_argument("--radius", type=float, default=None, help="ball radius R in whitened units (with --k)")
+    ex.add_argument("--projection", default=None, help="a fitted projection .safetensors (gives d, k and R)")
+    ex.set_defaults(func=_explain)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from ..errors import PrivacyError
+    from .domains import L2Ball, Projection, UnitSphere, placeholder_radius
+    from .explain import explain
+
+    notes: list[str] = []
+    if args.projection:
+        if args.k is not None or args.radius is not None:
+            raise PrivacyError("--projection already fixes k and R; drop --k/--radius")
+        domain = Projection.load(args.projection)
+        notes.append(f"Projection: {args.projection} (d={domain.dim}, k={domain.k}, R={domain.radius:.4g}; {domain.source}).")
+    elif args.k is not None:
+        radius = args.radius
+        if radius is None:
+            radius = placeholder_radius(args.k)
+            notes.append(
+                f"Note: R = {radius:.4g} is a PLACEHOLDER (95th percentile of the norm of a standard normal in {args.k} dims); "
+                "fit a projection on training embeddings for the measured value."
+            )
+        if args.k > args.dim:
+            raise PrivacyError(f"--k ({args.k}) cannot exceed --dim ({args.dim})")
+        domain = L2Ball(args.k, radius)
+        notes.append(f"The {args.dim}-dim embedding is projected onto {args.k} public principal directions, whitened and clipped to this ball.")
+    else:
+        if args.radius is not None:
+            raise PrivacyError("--radius needs --k (without projection the domain is the unit sphere)")
+        domain = UnitSphere(args.dim)
+    explanation = explain(args.mechanism, epsilon=args.epsilon, delta=args.delta, domain=domain, notes=tuple(notes))
+    sys.stdout.write(explanation.text() + "\n")
+    return 0
