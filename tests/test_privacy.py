@@ -497,6 +497,10 @@ def test_ledger_basic_composition_and_budget():
     with pytest.raises(BudgetExceededError, match=r"a\.jpg#face0.*budget"):
         ledger.charge("a.jpg#face0", _cost(1.0))
     assert ledger.spent("a.jpg#face0").epsilon == 2.0  # refused release not recorded
+    with pytest.raises(BudgetExceededError):
+        ledger.check("a.jpg#face0", _cost(1.0))
+    ledger.check("a.jpg#face0", _cost(0.5))  # a check records nothing
+    assert ledger.spent("a.jpg#face0").releases == 2
     ledger.charge("a.jpg#face0", _cost(0.5))  # exactly at the budget is allowed
     assert ledger.max_spent().epsilon == 2.5
     tenths = PrivacyLedger(budget=1.0)

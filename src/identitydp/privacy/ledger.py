@@ -143,14 +143,14 @@ class PrivacyLedger:
                 raise BudgetExceededError(
                     f"releasing {key!r} again would spend ε = {total:g} in total "
                     f"(already {spent.epsilon:g} over {spent.releases} release(s), this one {eps:g}), "
-                    f"over the budget of ε = {self.budget:g} per input; nothing was released"
+                    f"over the budget of ε = {self.budget:g} per input; release refused"
                 )
         if self.delta_budget is not None:
             total_d = spent.delta + delta
             if total_d > self.delta_budget * (1.0 + _BUDGET_RTOL):
                 raise BudgetExceededError(
                     f"releasing {key!r} again would spend δ = {total_d:g} in total, over the δ budget of "
-                    f"{self.delta_budget:g} per input; nothing was released"
+                    f"{self.delta_budget:g} per input; release refused"
                 )
 
     def _add_locked(
@@ -172,6 +172,14 @@ class PrivacyLedger:
             raise PrivacyError(f"cost must be a PrivacyCost (mechanism.privacy_cost()), got {type(cost).__name__}")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise PrivacyError(f"count must be a positive integer, got {count!r}")
+
+    def check(self, key: str, cost: PrivacyCost, *, count: int = 1) -> None:
+        """Raise :class:`BudgetExceededError` if charging ``count`` × ``cost`` to ``key`` would exceed
+        the budget; records nothing. Call it before producing an output, then :meth:`charge`
+        (or use ``mechanism.perturb(..., ledger=...)``, which charges before drawing noise)."""
+        self._check_args(key, cost, count)
+        with self._lock:
+            self._check_locked(key, cost.epsilon * count, cost.delta * count)
 
     def charge(
         self,
