@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from identitydp.errors import WeightsError
 from identitydp.generate.networks import FaceGenerator, MultiScalePatchDiscriminator, NetConfig, count_params
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,34 +98,45 @@ def test_bundle_and_pairs(tiny_bundle: Path) -> None:
     assert bool(same[has].all()) and bool((partner[has] != idx[has]).all()) and bool((partner[~has] == idx[~has]).all())
 
 
-def test_one_training_step_and_checkpoint_roundtrip(tiny_bundle: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def trained(tiny_bundle: Path, tmp_path_factory):
+    """A trainer after one real training step on real faces, with its checkpoints written."""
+    from identitydp.generate.train import Trainer
+    from identitydp.generate.train_options import TrainConfig
+
+    cfg = TrainConfig(bundle=str(tiny_bundle), out=str(tmp_path_factory.mktemp("run")), size=64, batch=4,
+                      minutes=1, eval_faces=4, judge="", limit=16)
+    trainer = Trainer(cfg)
+    before = {k: v.clone() for k, v in trainer.G.state_dict().items()}
+    trainer.losses = trainer.train_step()
+    trainer.changed = any(not torch.equal(before[k], v) for k, v in trainer.G.state_dict().items())
+    trainer.save_full()
+    trainer.save_compact()
+    return trainer
+
+
+def test_one_training_step_and_checkpoint_roundtrip(trained) -> None:
     from identitydp.generate.train import Trainer, load_generator
     from identitydp.generate.train_options import TrainConfig
 
-    cfg = TrainConfig(bundle=str(tiny_bundle), out=str(tmp_path / "run"), size=64, batch=4, minutes=1,
-                      eval_faces=4, judge="", limit=16)
-    trainer = Trainer(cfg)
-    # Centred identities: unit vectors, random pairs far from dlib's raw 0.83.
+    trainer = trained
+    # Centred identities are unit vectors.
     assert torch.allclose(trainer.z.norm(dim=1), torch.ones(len(trainer.z)), atol=1e-4)
-    before = {k: v.clone() for k, v in trainer.G.state_dict().items()}
-    losses = trainer.train_step()
-    assert all(math.isfinite(float(v)) for v in losses.values())
-    assert 0.0 <= float(losses["id"]) <= 2.0
-    assert any(not torch.equal(before[k], v) for k, v in trainer.G.state_dict().items())
-    trainer.save_full()
-    trainer.save_compact()
+    assert all(math.isfinite(float(v.detach())) for v in trainer.losses.values())
+    assert 0.0 <= float(trainer.losses["id"]) <= 2.0
+    assert trainer.changed
     trainer.write_samples(columns=4)
-    assert list((tmp_path / "run").glob("samples_*.png"))
+    assert list(trainer.out.glob("samples_*.png"))
 
-    again = Trainer(TrainConfig(**{**cfg.__dict__, "resume": str(trainer.full_ckpt)}))
+    again = Trainer(TrainConfig(**{**trainer.cfg.__dict__, "resume": str(trainer.full_ckpt)}))
     assert again.step == 1 and again.images_seen == 4
     for a, b in ((trainer.G, again.G), (trainer.D, again.D), (trainer.G_ema, again.G_ema)):
         for (k, v), w in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(v, w), k
-    assert trainer.opt_g.state_dict()["state"].keys() == again.opt_g.state_dict()["state"].keys()
-    assert torch.equal(trainer.opt_g.state_dict()["state"][0]["exp_avg"], again.opt_g.state_dict()["state"][0]["exp_avg"])
+    sa, sb = trainer.opt_g.state_dict()["state"], again.opt_g.state_dict()["state"]
+    assert sa.keys() == sb.keys() and torch.equal(sa[0]["exp_avg"], sb[0]["exp_avg"])
 
-    model, id_mean, meta = load_generator(tmp_path / "run" / "generator_fp16.safetensors")
+    model, id_mean, meta = load_generator(trainer.out / "generator_fp16.safetensors")
     assert float(meta["margin"]) == 0.25 and id_mean.shape == (128,)
     x = torch.rand(2, 3, 64, 64) * 2 - 1
     z = trainer.z[:2]
@@ -132,3 +144,89 @@ def test_one_training_step_and_checkpoint_roundtrip(tiny_bundle: Path, tmp_path:
         ref = trainer.G_ema(x, z)[0]
         out = model(x, z)[0]
     assert (out - ref).abs().max() < 0.05  # fp16 export
+
+
+# ---------------------------------------------------------------------- the anonymizer
+
+
+def _registered() -> bool:
+    from identitydp.models.registry import registry
+
+    return "identitydp_generator" in registry()
+
+
+@pytest.fixture(scope="module")
+def lfw_face(lfw_images):
+    from identitydp.detect import CenterFaceDetector
+
+    img = cv2.cvtColor(cv2.imread(str(lfw_images[0])), cv2.COLOR_BGR2RGB)
+    det = CenterFaceDetector().detect(img)
+    assert len(det) >= 1
+    return img, det
+
+
+@pytest.fixture(scope="module")
+def generator_file(trained) -> Path:
+    """The registered generator if there is one, else the one-step generator trained above on real
+    training faces (exercises the whole path; its faces are not meant to look good)."""
+    if _registered():
+        from identitydp.models.registry import weight_path
+
+        return weight_path("identitydp_generator")
+    return trained.out / "generator_fp16.safetensors"
+
+
+def test_missing_generator_is_a_loud_error() -> None:
+    from identitydp.anonymizers import make_anonymizer
+    from identitydp.generate.anonymizer import IdentityDPAnonymizer
+
+    if _registered():
+        pytest.skip("a trained generator is registered")
+    with pytest.raises(WeightsError):
+        IdentityDPAnonymizer(epsilon=4.0)
+    with pytest.raises(WeightsError):
+        make_anonymizer("identitydp", epsilon=4.0)
+
+
+def test_anonymizer_on_lfw(lfw_face, generator_file: Path) -> None:
+    from identitydp.align import align_face, face_mask
+    from identitydp.generate.anonymizer import IdentityDPAnonymizer
+
+    img, det = lfw_face
+    anon = IdentityDPAnonymizer(epsilon=2.0, seed=7, weights=generator_file)
+    result = anon.anonymize_frame(img, det, np.random.default_rng(0))
+    out = result.image
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert [f.status for f in result.faces] == ["anonymized"] * len(det)
+    priv = result.faces[0].privacy
+    assert priv["mechanism"] == "laplace" and priv["seeded"] is True
+
+    # Changed inside the face, bit-identical outside the (warped, slightly dilated) blend mask.
+    support = np.zeros(img.shape[:2], np.float32)
+    for lm in det.landmarks:
+        aligned = align_face(img, lm, size=anon.size, margin=anon.margin)
+        mask = (face_mask(anon.size, anon.margin) > 0).astype(np.float32)
+        support = np.maximum(support, cv2.warpAffine(mask, aligned.inverse, img.shape[1::-1], flags=cv2.INTER_LINEAR))
+    support = cv2.dilate((support > 0).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    assert np.array_equal(out[~support], img[~support])
+    x1, y1, x2, y2 = det.boxes[0].astype(int)
+    assert np.abs(out[y1:y2, x1:x2].astype(int) - img[y1:y2, x1:x2]).mean() > 2.0
+
+    # Seeded runs are reproducible; another seed gives another face.
+    again = IdentityDPAnonymizer(epsilon=2.0, seed=7, weights=generator_file).anonymize_frame(img, det, np.random.default_rng(0))
+    other = IdentityDPAnonymizer(epsilon=2.0, seed=8, weights=generator_file).anonymize_frame(img, det, np.random.default_rng(0))
+    assert np.array_equal(again.image, out)
+    assert not np.array_equal(other.image, out)
+
+
+def test_failure_masks_the_face(lfw_face, generator_file: Path) -> None:
+    from identitydp.detect import Detections
+    from identitydp.generate.anonymizer import IdentityDPAnonymizer
+
+    img, det = lfw_face
+    bad = Detections(det.boxes[:1], det.scores[:1], np.full((1, 5, 2), math.nan, np.float32))
+    result = IdentityDPAnonymizer(epsilon=1.0, seed=1, weights=generator_file).anonymize_frame(img, bad, np.random.default_rng(0))
+    assert result.faces[0].status == "masked" and result.faces[0].error
+    x1, y1, x2, y2 = det.boxes[0].astype(int)
+    cy, cx = (y1 + y2) // 2, (x1 + x2) // 2
+    assert (result.image[cy, cx] == 0).all()
