@@ -352,3 +352,20 @@ def test_console_script_on_sample(tmp_path):
 def test_collect_images_rejects_missing(tmp_path):
     with pytest.raises(ImageReadError):
         collect_images([tmp_path / "nope"])
+
+
+def test_cli_budget_refuses_before_writing(tmp_path, capsys):
+    out = tmp_path / "o.jpg"
+    args = ["anonymize", str(SAMPLE), "-o", str(out), "--method", "dp-pix", "--epsilon", "1", "--budget", "1.5"]
+    assert cli_main(args) == 0
+    ledger = tmp_path / "o.ledger.json"
+    first = ledger.read_text()
+    import json
+
+    assert json.loads(first)["max_spent"]["epsilon"] == 1.0
+    out.unlink()
+    # The same photo again is a second release of the same faces: over budget, nothing written.
+    assert cli_main(args) == 1
+    assert not out.exists() and ledger.read_text() == first
+    assert "exceed the budget" in capsys.readouterr().err
+    assert cli_main(["anonymize", str(SAMPLE), "-o", str(out), "--budget", "1"]) == 2  # blur has no ε

@@ -24,10 +24,10 @@ def _epsilon(text: str) -> float:
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "anonymize",
-        help="anonymize the faces in images (files or folders)",
+        help="anonymize the faces in images (files or folders) and videos",
         description="Detect every face and anonymize it. Outputs have all metadata stripped; inputs are never overwritten.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively)")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively), or video files")
     p.add_argument(
         "-o",
         "--output",
@@ -47,6 +47,9 @@ def register(subparsers) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never the inputs)")
     p.add_argument("--report", help="write a JSON report of every image and face to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    from ._cli_video import add_video_arguments
+
+    add_video_arguments(p)
     p.set_defaults(func=run_anonymize)
 
     d = subparsers.add_parser("detect", help="detect faces and print (or write) them as JSON")
@@ -88,6 +91,17 @@ def run_anonymize(args) -> int:
     from .io import collect_images
     from .pipeline import Anonymizer
 
+    from ._cli_video import run_videos, split_videos
+
+    videos, args.inputs = split_videos(args.inputs)
+    if videos:
+        # Video files go through the tracking pipeline (identitydp.video); images continue below.
+        video_rc, video_reports = run_videos(args, videos, single=len(videos) == 1 and not args.inputs)
+        if args.report:
+            report = Path(args.report) if not args.inputs else Path(args.report).with_suffix(".videos.json")
+            report.write_text(json.dumps({"videos": video_reports}, indent=2, default=str))
+        if not args.inputs:
+            return video_rc
     images = collect_images(args.inputs)
     if not images:
         print("identitydp: no images found in the inputs", file=sys.stderr)
@@ -95,27 +109,35 @@ def run_anonymize(args) -> int:
     plan = _plan_outputs(args, images)
     protected = {src.resolve() for src, _ in plan}
     anonymizer = Anonymizer(args.method, threshold=args.threshold, seed=args.seed, **_method_params(args))
-    ledger = None
+    ledger = ledger_path = None
     if args.method in ("identitydp", "dp-pix"):
-        ledger = _make_ledger(args.budget)
+        from .privacy.ledger import PrivacyLedger
+
+        ledger_path = _ledger_path(args, plan)
+        # Continue an existing ledger: anonymizing the same photo again is another release of the
+        # same faces, and the budget must see it.
+        ledger = PrivacyLedger.load(ledger_path) if ledger_path.exists() else PrivacyLedger()
+        ledger.budget = args.budget
+    elif args.budget is not None:
+        print(f"identitydp: --budget applies to dp-pix and identitydp, not {args.method}", file=sys.stderr)
+        return 2
     n_faces = n_masked = 0
     failures: list[tuple[Path, str]] = []
     reports = []
     show_progress = len(plan) >= PROGRESS_MIN_IMAGES and not args.quiet
     for src, dst in tqdm(plan, disable=not show_progress, unit="img", desc="anonymizing", file=sys.stderr):
         try:
-            report = anonymizer.anonymize_file(src, dst, overwrite=args.overwrite, protected=protected)
+            report = anonymizer.anonymize_file(
+                src, dst, overwrite=args.overwrite, protected=protected,
+                before_write=(lambda r, s=src: _charge(ledger, s, r)) if ledger is not None else None,
+            )
         except IdentityDPError as exc:
             failures.append((src, str(exc)))
             continue
         n_faces += report.num_faces
         n_masked += report.num_masked
         reports.append(report.to_json())
-        if ledger is not None:
-            for release in report.privacy_releases:
-                ledger.record(str(src), **release)
     if ledger is not None and reports:
-        ledger_path = _ledger_path(args, plan)
         ledger.write(ledger_path)
     if args.report:
         Path(args.report).write_text(json.dumps({"images": reports, "failures": [{"input": str(s), "error": e} for s, e in failures]}, indent=2))
@@ -133,7 +155,7 @@ def run_anonymize(args) -> int:
         summary += f", {len(failures)} failed"
         print(summary)
         if ledger is not None and reports:
-            print(f"privacy ledger: {_ledger_path(args, plan)}")
+            print(f"privacy ledger: {ledger_path} (max ε spent on one face: {ledger.max_spent().epsilon:g})")
     return 1 if failures else 0
 
 
@@ -169,9 +191,32 @@ def run_detect(args) -> int:
     return 1 if failed else 0
 
 
-def _make_ledger(budget):
-    try:
-        from .privacy.ledger import PrivacyLedger
-    except ModuleNotFoundError:  # TODO(lead): the privacy module is landing; drop this guard then
-        return None
-    return PrivacyLedger(budget=budget)
+def _face_key(source: Path, index: int) -> str:
+    """Ledger key of one face: the file's content hash, so a renamed copy is the same input."""
+    import hashlib
+
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    return f"{source.name}@{digest}#face{index}"
+
+
+def _charge(ledger, source: Path, report) -> None:
+    """Charge every face's release before the output is written, all or nothing per image.
+
+    Raises:
+        BudgetExceededError: some face would exceed ``--budget``; nothing is recorded or written.
+    """
+    import math
+
+    from .errors import BudgetExceededError
+
+    releases = [(_face_key(source, f.index), f.privacy) for f in report.faces if f.privacy]
+    for key, release in releases:
+        eps = release["epsilon"]
+        eps = math.inf if eps == "inf" else float(eps)
+        if eps > ledger.remaining(key) * (1 + 1e-9):
+            raise BudgetExceededError(
+                f"{source}: releasing face {key.rsplit('#', 1)[1]} at ε={eps:g} would exceed the budget "
+                f"(ε spent on it so far {ledger.spent(key).epsilon:g}, budget {ledger.budget:g}); nothing written"
+            )
+    for key, release in releases:
+        ledger.record(key, **release)

@@ -133,9 +133,15 @@ class Anonymizer:
         seconds["anonymize"] = time.perf_counter() - t0
         return out, ImageReport(detections=detections, faces=outcomes, method=self.method.describe(), seconds=seconds)
 
-    def _anonymize_fail_closed(self, image: np.ndarray, detections: Detections) -> tuple[np.ndarray, list[FaceOutcome]]:
+    def _anonymize_fail_closed(
+        self, image: np.ndarray, detections: Detections, track_ids: list[int] | None = None
+    ) -> tuple[np.ndarray, list[FaceOutcome]]:
         try:
-            result = self.method.anonymize_frame(image, detections, self._rng)
+            if track_ids is not None:
+                # A TrackAware method (see identitydp.stream) keeps per-track state, e.g. one identity.
+                result = self.method.anonymize_tracked(image, detections, track_ids, self._rng)
+            else:
+                result = self.method.anonymize_frame(image, detections, self._rng)
             out, outcomes = result.image, list(result.faces)
             if out.shape != image.shape or out.dtype != image.dtype:
                 raise ValueError(f"anonymizer returned {out.shape} {out.dtype} for a {image.shape} frame")
@@ -154,6 +160,32 @@ class Anonymizer:
         outcomes.sort(key=lambda o: o.index)
         return out, outcomes
 
+    def stream(
+        self,
+        frames,
+        *,
+        detect_every: int = 1,
+        max_missing: int = 12,
+        lookback: int | None = None,
+        tracker=None,
+    ):
+        """Anonymize an iterable of (H, W, 3) uint8 RGB frames with face tracking.
+
+        Faces are tracked across frames, a face the detector drops is still anonymized for
+        ``max_missing`` frames at its predicted position, and a track-aware method (IdentityDP)
+        keeps one identity per track. Frames come out in order, ``lookback`` frames late; memory
+        stays constant. See :class:`identitydp.stream.AnonymizedStream` for the parameters.
+
+        Returns:
+            An :class:`~identitydp.stream.AnonymizedStream`: iterate it for
+            ``(anonymized frame, FrameReport)``; its ``tracks`` are complete once it is exhausted.
+        """
+        from .stream import AnonymizedStream
+
+        return AnonymizedStream(
+            self, frames, detect_every=detect_every, max_missing=max_missing, lookback=lookback, tracker=tracker
+        )
+
     def anonymize_file(
         self,
         source: str | Path,
@@ -161,14 +193,22 @@ class Anonymizer:
         *,
         overwrite: bool = False,
         protected: set[Path] | None = None,
+        before_write=None,
     ) -> ImageReport:
         """Read ``source``, anonymize it and write ``output`` with all metadata stripped.
 
         The source itself is always protected: it is never overwritten.
+
+        Args:
+            before_write: optional ``callable(report)`` run after anonymizing and before writing;
+                if it raises (e.g. a privacy budget refusal), nothing is written.
         """
         source = Path(source)
         loaded = read_image(source)
         out, report = self.anonymize(loaded.pixels)
+        report.source = source
+        if before_write is not None:
+            before_write(report)
         guard = {source.resolve()} | (protected or set())
         write_image(output, out, loaded.alpha, protected=guard, overwrite=overwrite)
         report.source, report.output = source, Path(output)
