@@ -105,7 +105,7 @@ def trained(tiny_bundle: Path, tmp_path_factory):
     from identitydp.generate.train_options import TrainConfig
 
     cfg = TrainConfig(bundle=str(tiny_bundle), out=str(tmp_path_factory.mktemp("run")), size=64, batch=4,
-                      minutes=1, eval_faces=4, judge="", limit=16)
+                      minutes=1, eval_faces=4, judge="", id2="", limit=16)
     trainer = Trainer(cfg)
     before = {k: v.clone() for k, v in trainer.G.state_dict().items()}
     trainer.losses = trainer.train_step()

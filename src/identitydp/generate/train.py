@@ -112,6 +112,18 @@ class Trainer:
         self.event("embeddings", seconds=round(time.time() - t0, 1),
                    random_pair_cos=round(float((self.z[:256] @ self.z[256:512].T).mean()), 4) if len(self.z) >= 512 else None)
 
+        self.id2 = None
+        if cfg.id2 and cfg.w_id2 > 0:
+            t0 = time.time()
+            try:
+                self._setup_id2()
+            except (RuntimeError, ValueError, OSError) as exc:
+                # A time-boxed remote run must not die here: train on dlib alone, and say so loudly.
+                self.id2 = None
+                self.event("id2_disabled", model=cfg.id2, reason=f"{type(exc).__name__}: {exc}")
+            else:
+                self.event("id2", model=cfg.id2, seconds=round(time.time() - t0, 1))
+
         net_cfg = NetConfig(size=cfg.size, **cfg.net)
         self.net_cfg = net_cfg
         self.G = FaceGenerator(net_cfg).to(self.device, memory_format=self.memory_format)
@@ -150,7 +162,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ identity
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else torch.autocast("cpu", enabled=False)
+        on = self.cfg.amp == "bf16" or (self.cfg.amp == "auto" and self.cuda)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
 
     @torch.no_grad()
     def _embed_bundle(self) -> torch.Tensor:
@@ -175,6 +188,47 @@ class Trainer:
             except OSError as exc:  # read-only bundle folder: just recompute next time
                 log.warning("cannot cache embeddings at %s: %s", cache, exc)
         return raw
+
+    def _setup_id2(self) -> None:
+        """Second recognizer for the identity loss (DESIGN.md §3: one recognizer gets gamed).
+        FaceRes features are centred by their training mean, like dlib's."""
+        if self.cfg.id2 != "faceres":
+            raise ValueError(f"unknown second recognizer {self.cfg.id2!r} (known: faceres)")
+        from ..models.judges import FACERES_SIZE, FACERES_TEMPLATE, FaceRes
+
+        self.id2 = FaceRes.load(device=self.device)
+        self.id2_size = FACERES_SIZE
+        lms = self.data.landmarks.cpu().numpy()
+        self.id2_theta = torch.from_numpy(
+            warp_theta(crop_to_template_matrices(lms, FACERES_TEMPLATE), self.data.size, FACERES_SIZE)).to(self.device)
+        n = len(self.data)
+        cache = Path(str(self.cfg.bundle) + f".faceres{self.data.size}.npy")
+        raw = None
+        if cache.is_file() and not self.cfg.limit:
+            arr = np.load(cache, allow_pickle=False)
+            if arr.shape[0] == n:
+                raw = torch.from_numpy(arr).float().to(self.device)
+        if raw is None:
+            out = []
+            bs = 256 if self.cuda else 32
+            with torch.no_grad():
+                for s in range(0, n, bs):
+                    x = resample(to_pixels(to_model(self.data.images[s : s + bs])), self.id2_theta[s : s + bs], FACERES_SIZE)
+                    with self._autocast():
+                        out.append(self.id2(x).features.float())
+            raw = torch.cat(out)
+            if not self.cfg.limit:
+                try:
+                    np.save(cache, raw.cpu().numpy().astype(np.float16))
+                except OSError as exc:
+                    log.warning("cannot cache FaceRes features at %s: %s", cache, exc)
+        self.id2_mean = raw[~self.data.heldout].mean(0)
+        self.f2 = centre(raw, self.id2_mean)
+
+    def identity2_of(self, images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """Centred unit FaceRes features (N, 1024) of jittered, degraded (N, 3, S, S) crops."""
+        x = resample(to_pixels(images), jitter_theta(theta, self.gen), self.id2_size)
+        return centre(self.id2(degrade(x, self.gen)).features, self.id2_mean)
 
     def identity_of(self, images: torch.Tensor, theta: torch.Tensor, augment: bool) -> torch.Tensor:
         """Centred unit dlib identity (N, 128) of (N, 3, S, S) [-1, 1] crops, differentiable."""
@@ -223,21 +277,25 @@ class Trainer:
         theta = self.chip_theta[idx]
         flip = torch.rand(len(idx), device=self.device, generator=self.gen) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        # Flipping the crop mirrors the chip: x_n → −x_n on both sides of the warp.
+        theta = torch.where(flip[:, None, None], self._flip_theta(theta), theta)
+        jit = torch.rand(len(idx), 2, device=self.device, generator=self.gen) * 2 - 1
+        x = (x * (1 + 0.1 * jit[:, :1, None, None]) + 0.1 * jit[:, 1:, None, None]).clamp(-1, 1)
+        return x.contiguous(memory_format=self.memory_format), theta, flip
+
+    @staticmethod
+    def _flip_theta(theta: torch.Tensor) -> torch.Tensor:
+        """Warp of the mirrored crop to the mirrored chip: x_n → −x_n on both sides of the warp."""
         flipped = theta.clone()
         flipped[:, 0, 1] = -theta[:, 0, 1]
         flipped[:, 1, 0] = -theta[:, 1, 0]
         flipped[:, 0, 2] = -theta[:, 0, 2]
-        theta = torch.where(flip[:, None, None], flipped, theta)
-        jit = torch.rand(len(idx), 2, device=self.device, generator=self.gen) * 2 - 1
-        x = (x * (1 + 0.1 * jit[:, :1, None, None]) + 0.1 * jit[:, 1:, None, None]).clamp(-1, 1)
-        return x.contiguous(memory_format=self.memory_format), theta
+        return flipped
 
     def _batch(self) -> dict:
         b = self.cfg.batch
         pick = torch.randint(len(self.train_idx), (b,), device=self.device, generator=self.gen)
         idx = self.train_idx[pick]
-        target, theta = self._augment(idx)
+        target, theta, flip = self._augment(idx)
         z_self = self.z[idx]
         u = torch.rand(b, device=self.device, generator=self.gen)
         c = self.cfg
@@ -255,7 +313,18 @@ class Trainer:
         z_src = torch.where(noisy[:, None], z_noisy, z_src)
         # Another photo of the same person is a near-reconstruction: half weight.
         rec_w = selfm.float() + 0.5 * pair.float()
-        return {"target": target, "theta": theta, "z": z_src, "rec_w": rec_w, "swap": swap}
+        batch = {"target": target, "theta": theta, "z": z_src, "rec_w": rec_w, "swap": swap, "idx": idx, "flip": flip}
+        if self.id2 is not None:
+            # FaceRes targets exist for real faces only; noisy identities are dlib-space vectors.
+            src = torch.where(swap, other, torch.where(pair, partner, idx))
+            batch["f2"] = self.f2[src]
+            batch["id2_w"] = (~noisy).float()
+            flip = batch.pop("flip")
+            theta2 = self.id2_theta[idx]
+            batch["theta2"] = torch.where(flip[:, None, None], self._flip_theta(theta2), theta2)
+        else:
+            batch.pop("flip")
+        return batch
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict:
@@ -286,14 +355,21 @@ class Trainer:
             per = 0.5 * ((y.float() - x.float()) ** 2).mean(dim=(1, 2, 3))
             rec = (per * w).sum() / w.sum().clamp_min(1.0)
             loss_g = c.w_adv * adv + c.w_att * att + c.w_id * idl + c.w_rec * rec
+            if self.id2 is not None:
+                f = self.identity2_of(y, batch["theta2"])
+                w2 = batch["id2_w"]
+                id2 = ((1 - (f * batch["f2"]).sum(1)) * w2).sum() / w2.sum().clamp_min(1.0)
+                loss_g = loss_g + c.w_id2 * id2
+            else:
+                id2 = torch.zeros((), device=self.device)
         loss_g.backward()
         self.opt_g.step()
         self._update_ema()
         self.step += 1
         self.images_seen += x.shape[0]
-        return {"d": loss_d, "adv": adv, "att": att, "id": idl, "rec": rec, "g": loss_g}
+        return {"d": loss_d, "adv": adv, "att": att, "id": idl, "id2": id2, "rec": rec, "g": loss_g}
 
-    LOSS_NAMES = ("d", "adv", "att", "id", "rec", "g")
+    LOSS_NAMES = ("d", "adv", "att", "id", "id2", "rec", "g")
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -342,16 +418,28 @@ class Trainer:
                 res["dlib_swap_to_source"] = float((zid * e["z_s"]).sum(1).mean())
             res[f"l1_{name}"] = float((y - e["x"]).abs().mean())
         if self.judge is not None:
-            jt = self._judge_embed(e["x"])
-            js = jt[e["perm"]]
-            res["judge_target_to_source"] = float((jt * js).sum(1).mean())
-            for name, y in outs.items():
-                jy = self._judge_embed(y)
-                res[f"judge_{name}_to_target"] = float((jy * jt).sum(1).mean())
-                if name == "swap":
-                    res["judge_swap_to_source"] = float((jy * js).sum(1).mean())
+            try:
+                res.update(self._judge_scores(e, outs))
+            except (RuntimeError, ValueError) as exc:
+                # The quick evaluation must not end a time-boxed run; report and carry on without it.
+                self.judge = None
+                self.event("judge_disabled", reason=f"{type(exc).__name__}: {exc}")
         self.event("eval", **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()})
         self._last_eval_outputs = (e, outs)
+        return res
+
+    @torch.no_grad()
+    def _judge_scores(self, e: dict, outs: dict) -> dict:
+        """Independent-judge cosines of outputs to target and source identities."""
+        res = {}
+        jt = self._judge_embed(e["x"])
+        js = jt[e["perm"]]
+        res["judge_target_to_source"] = float((jt * js).sum(1).mean())
+        for name, y in outs.items():
+            jy = self._judge_embed(y)
+            res[f"judge_{name}_to_target"] = float((jy * jt).sum(1).mean())
+            if name == "swap":
+                res["judge_swap_to_source"] = float((jy * js).sum(1).mean())
         return res
 
     @torch.no_grad()

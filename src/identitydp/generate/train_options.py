@@ -25,6 +25,9 @@ class TrainConfig:
     w_att: float = 10.0
     w_id: float = 5.0
     w_rec: float = 10.0
+    id2: str = "faceres"
+    w_id2: float = 5.0
+    amp: str = "auto"
     p_swap: float = 0.45
     p_self: float = 0.2
     p_pair: float = 0.1
@@ -61,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr-d", type=float, default=d.lr_d)
     for name in ("adv", "att", "id", "rec"):
         parser.add_argument(f"--w-{name}", type=float, default=getattr(d, f"w_{name}"), help=f"weight of the {name} loss")
+    parser.add_argument("--id2", default=d.id2, help="second recognizer in the identity loss ('faceres' or '' for none)")
+    parser.add_argument("--w-id2", type=float, default=d.w_id2, help="weight of the second identity loss")
+    parser.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "off"], help="bf16 autocast: auto = on CUDA only")
     for name in ("swap", "self", "pair", "noisy"):
         parser.add_argument(f"--p-{name}", type=float, default=getattr(d, f"p_{name}"), help=f"share of {name} sources")
     parser.add_argument("--ema", type=float, default=d.ema)
