@@ -181,7 +181,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
         landmark_order="left eye, right eye, nose, left mouth, right mouth (crop pixels)",
     )
     path = out.with_suffix(".npz")
-    np.savez(
+    # Compressed so that the metadata (names especially) costs little; the WebP bytes don't shrink.
+    np.savez_compressed(
         path,
         blob=np.frombuffer(b"".join(blobs), np.uint8),
         offsets=offsets,

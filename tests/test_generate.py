@@ -218,6 +218,14 @@ def test_anonymizer_on_lfw(lfw_face, generator_file: Path) -> None:
     assert np.array_equal(again.image, out)
     assert not np.array_equal(other.image, out)
 
+    # Video: one release per track, reused on the next frame.
+    tracked = IdentityDPAnonymizer(epsilon=2.0, seed=9, weights=generator_file)
+    first = tracked.anonymize_tracked(img, det, list(range(len(det))), np.random.default_rng(0))
+    second = tracked.anonymize_tracked(img, det, list(range(len(det))), np.random.default_rng(0))
+    assert first.faces[0].privacy is not None and second.faces[0].privacy is None
+    assert np.array_equal(first.image, second.image)
+    tracked.end_track(0)
+
 
 def test_failure_masks_the_face(lfw_face, generator_file: Path) -> None:
     from identitydp.detect import Detections

@@ -83,6 +83,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self.mask = face_mask(self.size, self.margin)
         self.dlib = DlibEncoder.load(device=self.device)
         self.color_match = color_match
+        # Video: track id -> (1, 128) released identity, reused on every frame of the track.
+        self._tracks: dict[int, np.ndarray] = {}
 
     def describe(self) -> dict:
         return {
@@ -117,6 +119,20 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         return ((y + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
 
     def anonymize_frame(self, image: np.ndarray, faces: Detections, rng: np.random.Generator) -> FrameResult:
+        """Every face gets its own fresh release (one per face per call)."""
+        return self._anonymize(image, faces, [None] * len(faces))
+
+    def anonymize_tracked(self, image: np.ndarray, faces: Detections, track_ids, rng: np.random.Generator) -> FrameResult:
+        """Video: the noisy identity is drawn once per track and reused on every frame of it, so a
+        track is one privacy release (its record is returned on the track's first face only)."""
+        if len(track_ids) != len(faces):
+            raise ValueError(f"{len(track_ids)} track ids for {len(faces)} faces")
+        return self._anonymize(image, faces, list(track_ids))
+
+    def end_track(self, track_id: int) -> None:
+        self._tracks.pop(track_id, None)
+
+    def _anonymize(self, image: np.ndarray, faces: Detections, track_ids: list) -> FrameResult:
         from ..align import align_face
         from ..anonymizers.classical import solid_mask
         from ..blend import paste_face
@@ -129,15 +145,21 @@ class IdentityDPAnonymizer(FaceAnonymizer):
                 if not np.all(np.isfinite(lm)):
                     raise AnonymizationError(f"non-finite landmarks for face {i}")
                 aligned = align_face(image, lm, size=self.size, margin=self.margin)
-                z = self._identities(image, lm[None])
-                release = self.mechanism.perturb(z)
-                noisy = np.asarray(release.embeddings, np.float64)
-                if not np.all(np.isfinite(noisy)):
-                    raise AnonymizationError("mechanism returned a non-finite identity")
+                track = track_ids[i]
+                privacy = None
+                if track is not None and track in self._tracks:
+                    noisy = self._tracks[track]
+                else:
+                    release = self.mechanism.perturb(self._identities(image, lm[None]))
+                    noisy = np.asarray(release.embeddings, np.float64).reshape(1, -1)
+                    if not np.all(np.isfinite(noisy)):
+                        raise AnonymizationError("mechanism returned a non-finite identity")
+                    privacy = release.cost.to_dict()
+                    privacy["seeded"] = self.seed is not None
+                    if track is not None:
+                        self._tracks[track] = noisy
                 face = self.render(aligned.crop[None], noisy)[0]
                 out = paste_face(out, face, aligned.inverse, self.mask, color_match=self.color_match, original_crop=aligned.crop)
-                privacy = release.cost.to_dict()
-                privacy["seeded"] = self.seed is not None
                 outcomes.append(FaceOutcome(index=i, privacy=privacy))
             except Exception as exc:  # noqa: BLE001 - any failure on a face must hide that face (fail closed)
                 log.warning("identitydp could not anonymize face %d (%s); masking it", i, exc)
