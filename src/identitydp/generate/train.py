@@ -511,16 +511,29 @@ class Trainer:
         self.event("resumed", path=str(path), step=self.step)
 
     def load_weights(self, path: str | Path) -> None:
-        """Start from the weights of a ``ckpt_fp16.safetensors`` (fresh optimizers)."""
+        """Start from the weights of a ``ckpt_fp16.safetensors`` (fresh optimizers). The EMA starts
+        from the ``generator_fp16.safetensors`` beside it when there is one, else from G."""
         from safetensors.torch import load_file
 
+        path = Path(path)
         tensors = load_file(str(path), device=str(self.device))
-        g = {k[2:]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith("G.")}
-        d = {k[2:]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith("D.")}
-        self.G.load_state_dict(g)
-        self.G_ema.load_state_dict(g)
-        self.D.load_state_dict(d)
-        self.event("initialised", path=str(path))
+
+        def part(prefix: str) -> dict:
+            return {k[len(prefix):]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith(prefix)}
+
+        self.G.load_state_dict(part("G."))
+        self.D.load_state_dict(part("D."))
+        ema = path.parent / "generator_fp16.safetensors"
+        if ema.is_file():
+            model, _, _ = load_generator(ema, device=self.device)
+            self.G_ema.load_state_dict(model.state_dict())
+        else:
+            self.G_ema.load_state_dict(self.G.state_dict())
+        if "id_mean" in tensors:
+            # Identities must be centred exactly as the weights were trained.
+            self.id_mean = tensors["id_mean"].float().to(self.device)
+            self.z = centre(self._embed_bundle(), self.id_mean)
+        self.event("initialised", path=str(path), ema_from=str(ema) if ema.is_file() else "G")
 
     def save_compact(self) -> None:
         """``ckpt_fp16.safetensors`` (G + D, fp16) and ``generator_fp16.safetensors`` (EMA G)."""
