@@ -97,6 +97,9 @@ class TFGraph(nn.Module):
         super().__init__()
         self._fold = fold
         nodes = {n["name"]: n for n in topology["modelTopology"]["node"]}
+        for ref in [*outputs, *(r for n in nodes.values() for r in n.get("input", []))]:
+            if ":" in ref and ref.rsplit(":", 1)[1] != "0":
+                raise WeightsError(f"reference {ref!r}: only the first output of an op is supported")
         self.output_names = [o.split(":")[0] for o in outputs]
         placeholders = [n["name"] for n in nodes.values() if n["op"] == "Placeholder"]
         if len(placeholders) != 1:
