@@ -52,6 +52,12 @@ _VIDEO_ENCODERS = {
     ".webm": ("libvpx-vp9", "yuv420p", {"crf": "30", "b": "0", "deadline": "realtime", "cpu-used": "8", "row-mt": "1"}),
     ".avi": ("mpeg4", "yuv420p", {}),
 }
+# Audio codecs copied into these containers (others are re-encoded): what common players read.
+# Elsewhere the muxer's own list decides (MKV takes anything).
+_AUDIO_COPY_ONLY = {
+    ".mp4": {"aac", "mp3", "ac3", "eac3", "alac", "opus", "flac"},
+    ".m4v": {"aac", "mp3", "ac3", "eac3", "alac"},
+}
 # Audio codec used when the source's codec cannot be copied into the output container.
 _AUDIO_FALLBACK = {".webm": "libopus", ".avi": "pcm_s16le"}
 _AUDIO_FALLBACK_DEFAULT = "aac"
@@ -305,7 +311,8 @@ class _VideoWriter:
     def _add_audio(self, in_audio) -> None:
         av = self.av
         name = in_audio.codec_context.name
-        if name in self.container.supported_codecs:
+        allowed = _AUDIO_COPY_ONLY.get(self.target.suffix.lower())
+        if name in self.container.supported_codecs and (allowed is None or name in allowed):
             out = self.container.add_stream_from_template(in_audio)
             # The template copies codec parameters; tags (language, handler, title) must not follow.
             for key in list(out.metadata):
