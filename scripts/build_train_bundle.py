@@ -148,7 +148,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
     keep = np.flatnonzero(found)
     meta = json.loads(str(meta_npz["meta"]))
     cap = int(args.max_mb * 1e6)
-    fixed = keep.size * (8 + 1 + 4 + 20 + 2 + 1) + sum(len(n) * 4 for n in meta_npz["names"][keep]) + 4096
+    # Metadata after compression: offsets, ids, landmarks, flags and names (about 1 byte a character).
+    fixed = keep.size * (8 + 1 + 4 + 20 + 2 + 1) + sum(len(n) for n in meta_npz["names"][keep]) + 4096
     # Pick the quality from a sample, then verify on the full set and step down if needed.
     sample = keep[:: max(1, keep.size // 400)]
     quality = None

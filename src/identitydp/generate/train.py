@@ -135,6 +135,7 @@ class Trainer:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=tuple(cfg.betas), **fused)
         self.step = 0
         self.images_seen = 0
+        self._last_eval: dict = {}
         self.train_seconds = 0.0
         self.judge = self._load_judge()
         if cfg.resume:
@@ -428,6 +429,7 @@ class Trainer:
                 self.event("judge_disabled", reason=f"{type(exc).__name__}: {exc}")
         self.event("eval", **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()})
         self._last_eval_outputs = (e, outs)
+        self._last_eval = res
         return res
 
     @torch.no_grad()
@@ -598,7 +600,8 @@ class Trainer:
                 self.save_full()
                 last["ckpt"] = time.time()
         self.train_seconds += time.time() - t_loop
-        final = self.evaluate()
+        # No step since the last evaluation (e.g. start-up ate the budget): don't repeat it.
+        final = self._last_eval if self._last_eval.get("step") == self.step else self.evaluate()
         self.write_samples()
         self.save_compact()
         self.save_full()
