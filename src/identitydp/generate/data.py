@@ -54,9 +54,17 @@ def _decode(buf: np.ndarray) -> np.ndarray:
     import cv2
 
     bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError("undecodable crop in the training bundle")
-    return bgr[:, :, ::-1]
+    if bgr is not None:
+        return bgr[:, :, ::-1]
+    # An OpenCV build without WebP (remote machines): Pillow's wheels ship libwebp.
+    import io
+
+    from PIL import Image
+
+    try:
+        return np.asarray(Image.open(io.BytesIO(buf.tobytes())).convert("RGB"))
+    except OSError as exc:
+        raise ValueError("undecodable crop in the training bundle") from exc
 
 
 def load_bundle(path: str | Path, size: int | None = None, device: str | torch.device = "cpu",
