@@ -1,0 +1,308 @@
+"""``report.md``, ``frontier.png`` and ``samples.png`` of a run folder, from ``results.jsonl`` alone.
+
+Regenerating is cheap and idempotent, so a method added to a run later (``identitydp eval --out
+RUN --methods identitydp:epsilon=1,4``) shows up in every table and plot.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from .config import EvalConfig, expand_methods
+from .results import DONE, REFERENCE, latest_batches, read_lines
+
+JUDGE_ORDER = ("dlib", "mobileface", "faceres")
+
+
+def _fmt_pct(v) -> str:
+    return "–" if v is None else f"{100 * v:.1f}"
+
+
+def _fmt(v, digits: int = 2) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, str):
+        return v
+    if isinstance(v, float) and math.isnan(v):
+        return "–"
+    return f"{v:.{digits}f}"
+
+
+class RunResults:
+    """The latest complete figures of every setting of a run folder."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.lines = read_lines(self.run_dir / "results.jsonl")
+        self.batches = latest_batches(self.lines)
+        cfg_path = self.run_dir / "config.json"
+        self.config = EvalConfig.load(cfg_path) if cfg_path.is_file() else None
+        order = [s.key for s in self.config.settings()] if self.config else []
+        rest = [k for k in self.batches if k not in order and k != REFERENCE]
+        self.settings = [k for k in order if k in self.batches] + rest
+
+    def get(self, setting: str, metric: str, judge: str | None = None) -> dict | None:
+        for line in self.batches.get(setting, []):
+            if line["metric"] == metric and (judge is None or line.get("judge") == judge):
+                return line
+        return None
+
+    def value(self, setting: str, metric: str, judge: str | None = None):
+        line = self.get(setting, metric, judge)
+        return None if line is None else line.get("value")
+
+    def judges(self) -> list[str]:
+        found = {l.get("judge") for ls in self.batches.values() for l in ls if l["metric"] == "rank1"}
+        return [j for j in JUDGE_ORDER if j in found]
+
+    def method_of(self, setting: str) -> tuple[str, dict]:
+        lines = self.batches.get(setting, [])
+        if lines:
+            return lines[0]["method"], lines[0].get("params", {})
+        return setting, {}
+
+
+def write_report(run_dir: str | Path) -> list[Path]:
+    """Write report.md, frontier.png and samples.png into ``run_dir``; returns the paths written."""
+    res = RunResults(run_dir)
+    paths = [_write_markdown(res)]
+    if res.settings:
+        paths.append(_write_frontier(res))
+        samples = _write_samples(res)
+        if samples:
+            paths.append(samples)
+    return paths
+
+
+def _write_markdown(res: RunResults) -> Path:
+    judges = res.judges()
+    out: list[str] = ["# Evaluation report", ""]
+    cfg = res.config
+    codes = sorted({l["code"].get("describe", "?") for ls in res.batches.values() for l in ls if l.get("code")})
+    if cfg:
+        p = cfg.protocol()
+        out += [
+            f"Protocol: LFW, {_count(res, 'rank1')} probe people (probe: anonymized image 1; gallery: original image 2 of every probe person), "
+            f"{_count_ref(res, 'far_threshold')} View-2 impostor pairs for the FAR = {100 * p['far']:g} % threshold, "
+            f"judges {', '.join(p['judges'])}; seed {p['seed']}; CenterFace threshold {p['threshold']}.",
+            f"Code versions: {', '.join(codes) or 'unknown'}. Generated from `results.jsonl` by `identitydp eval --report-only`.",
+            "",
+            "Every judge embeds the anonymized face at the **original** face's CenterFace landmarks (fixed alignment), "
+            "so a method that destroys the face is still judged on the right pixels. All numbers in %, except where a unit is given.",
+            "",
+        ]
+    ref = REFERENCE
+    out += ["## Reference (originals)", ""]
+    chance = res.value(ref, "chance_rank1")
+    rows = [f"| chance rank-1 | {_fmt_pct(chance)} % |"]
+    for j in judges:
+        line = res.get(ref, "far_threshold", j)
+        if line:
+            e = line["extra"]
+            rows.append(f"| {j}: threshold at FAR {100 * e.get('target_far', 0):g} % ({e.get('distance')}) | {line['value']:.4f} (achieved FAR {100 * e.get('achieved_far', 0):.2f} % on {line['n']} pairs) |")
+        r = res.value(ref, "rank1_originals", j)
+        if r is not None:
+            rows.append(f"| {j}: rank-1 of original probes | {_fmt_pct(r)} % |")
+    line = res.get(ref, "blaze_detect_originals")
+    if line is not None:
+        rows.append(f"| BlazeFace detection of the original probes (score ≥ {line['extra'].get('threshold')} / ≥ 0.5) | "
+                    f"{_fmt_pct(line['value'])} % / {_fmt_pct(line['extra'].get('rate_at_0.5'))} % |")
+    v = res.value(ref, "fd_real_vs_real", "faceres")
+    if v is not None:
+        rows.append(f"| Fréchet distance real vs real (faceres, {res.get(ref, 'fd_real_vs_real')['n']} vs same size) | {v:.3f} |")
+    v = res.value(ref, "fd_originals_vs_real", "faceres")
+    if v is not None:
+        rows.append(f"| Fréchet distance original probes vs real | {v:.3f} |")
+    src = res.get(ref, "target_face_source")
+    if src:
+        e = src["extra"]
+        rows.append(f"| target face found by CenterFace (≥ threshold / only at 0.2 / not found: median geometry) | {e.get('detected')} / {e.get('low')} / {e.get('fixed')} of {src['n']} images |")
+    out += ["| reference | value |", "| --- | --- |", *rows, ""]
+
+    settings = res.settings
+    out += ["## Privacy (lower is better)", "",
+            "Re-identification rank-1 against the original gallery, and acceptance of (original, anonymized) pairs at the FAR threshold.", ""]
+    head = ["method", "setting"] + [f"rank-1 {j}" for j in judges] + [f"accept {j}" for j in judges]
+    out += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for s in settings:
+        m, _ = res.method_of(s)
+        cells = [m, _setting_label(s)] + [_fmt_pct(res.value(s, "rank1", j)) for j in judges] + [_fmt_pct(res.value(s, "verify_accept", j)) for j in judges]
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+
+    if any(res.get(s, "detect_rate") for s in settings):
+        out += ["## Utility", "",
+                "BlazeFace detection rate of the anonymized face (a box with IoU ≥ 0.3 with the original face box and score ≥ 0.75, "
+                "a threshold that keeps 99 % of original LFW faces; also at MediaPipe's default 0.5, where BlazeFace fires on the head "
+                "silhouette around a solid mask; higher is better); "
+                "FaceMesh landmark error normalised by inter-ocular distance (lower is better); faceres age MAE (years) and "
+                "gender agreement, expression agreement (higher is better); max pixel change outside the face regions (boxes of every "
+                "CenterFace detection ≥ 0.2 of the original, enlarged 25 % per side; must be 0 for the pipeline's methods) and the mean "
+                "fraction of those outside pixels changed; faces masked solid by the pipeline's fail-closed rule.", ""]
+        head = ["method", "setting", "detected", "detected @0.5", "landmark NME", "age MAE (y)", "gender agree", "emotion agree",
+                "max Δ outside", "outside px changed", "masked faces"]
+        out += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        for s in settings:
+            m, _ = res.method_of(s)
+            outside = res.value(s, "outside_max_change")
+            det = res.get(s, "detect_rate")
+            det05 = det["extra"].get("rate_at_0.5") if det else None
+            out_line = res.get(s, "outside_max_change")
+            out_frac = out_line["extra"].get("mean_changed_pixel_fraction") if out_line else None
+            out.append("| " + " | ".join([
+                m, _setting_label(s), _fmt_pct(res.value(s, "detect_rate")), _fmt_pct(det05), _fmt(res.value(s, "landmark_nme"), 3),
+                _fmt(res.value(s, "age_mae"), 1), _fmt_pct(res.value(s, "gender_agree")), _fmt_pct(res.value(s, "emotion_agree")),
+                "–" if outside is None else f"{outside:.0f}", _fmt_pct(out_frac), _fmt_pct(res.value(s, "masked_faces")),
+            ]) + " |")
+        out.append("")
+
+    if any(res.get(s, "fd") or res.get(s, "diversity") for s in settings):
+        rr = res.value(ref, "fd_real_vs_real", "faceres")
+        out += ["## Realism and diversity", "",
+                f"Fréchet distance of faceres features, anonymized probes vs a disjoint real set (real vs real: {_fmt(rr, 3)}); "
+                "diversity = mean pairwise mobileface cosine distance among 5 anonymizations of one image (randomized methods only).", ""]
+        out += ["| method | setting | FD (faceres) | diversity |", "| --- | --- | --- | --- |"]
+        for s in settings:
+            m, _ = res.method_of(s)
+            out.append(f"| {m} | {_setting_label(s)} | {_fmt(res.value(s, 'fd'), 3)} | {_fmt(res.value(s, 'diversity'), 3)} |")
+        out.append("")
+
+    out += ["## Speed", "",
+            "End to end on a few probes (detect + anonymize; deface: whole CLI call per image, start-up included); "
+            "ms per face of the method inside the main loop; process peak memory so far (cumulative); wall time of the setting's evaluation.", ""]
+    out += ["| method | setting | ms detect / face | ms anonymize / face | images / s | ms anonymize / face (main loop) | peak RSS (MiB) | eval wall (s) |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for s in settings:
+        m, _ = res.method_of(s)
+        out.append("| " + " | ".join([
+            m, _setting_label(s), _fmt(res.value(s, "ms_detect_per_face"), 1), _fmt(res.value(s, "ms_anonymize_per_face"), 1),
+            _fmt(res.value(s, "images_per_s"), 1), _fmt(res.value(s, "ms_anonymize_in_run"), 1),
+            _fmt(res.value(s, "peak_rss_mib"), 0), _fmt(res.value(s, DONE), 0),
+        ]) + " |")
+    total = sum(res.value(s, DONE) or 0 for s in settings)
+    out += ["", f"Total evaluation wall time of the settings above: {total / 60:.1f} min (originals' detection and judging are cached and not included).", ""]
+    if (res.run_dir / "frontier.png").exists() or settings:
+        out += ["![privacy–utility frontier](frontier.png)", "", "![samples](samples.png)", ""]
+    path = res.run_dir / "report.md"
+    path.write_text("\n".join(out))
+    return path
+
+
+def _count(res: RunResults, metric: str) -> int | str:
+    for ls in res.batches.values():
+        for l in ls:
+            if l["metric"] == metric and l.get("n"):
+                return l["n"]
+    return "?"
+
+
+def _count_ref(res: RunResults, metric: str) -> int | str:
+    line = res.get(REFERENCE, metric)
+    return line["n"] if line else "?"
+
+
+def _setting_label(key: str) -> str:
+    s = expand_methods([key])[0]
+    return s.label if s.params else "–"
+
+
+def _value_label(key: str) -> str:
+    """Parameter values only (e.g. ``0.05`` or ``1, laplace``); names go in the legend."""
+    s = expand_methods([key])[0]
+    return ", ".join(k_v.split("=", 1)[1] for k_v in s.label.split(", ")) if s.params else ""
+
+
+def _param_names(keys: list[str]) -> list[str]:
+    names: list[str] = []
+    for key in keys:
+        for name, _ in expand_methods([key])[0].params:
+            if name not in names:
+                names.append(name)
+    return names
+
+
+def _curves(res: RunResults) -> dict[str, list[str]]:
+    curves: dict[str, list[str]] = {}
+    for s in res.settings:
+        m, _ = res.method_of(s)
+        curves.setdefault(m, []).append(s)
+    return curves
+
+
+def _write_frontier(res: RunResults) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    judges = [j for j in ("mobileface", "dlib") if j in res.judges()] or res.judges()[:1]
+    utilities = [("detect_rate", "BlazeFace detection rate (%, score ≥ 0.75) ↑", True), ("landmark_nme", "FaceMesh landmark error / inter-ocular ↓", False)]
+    utilities = [u for u in utilities if any(res.value(s, u[0]) is not None for s in res.settings)] or [("verify_accept", "verification acceptance (%)", True)]
+    fig, axes = plt.subplots(len(judges), len(utilities), figsize=(6.2 * len(utilities), 4.6 * len(judges)), squeeze=False)
+    chance = res.value(REFERENCE, "chance_rank1")
+    curves = _curves(res)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    markers = "osD^vP*X<>"
+    for r, judge in enumerate(judges):
+        for c, (metric, ylabel, pct) in enumerate(utilities):
+            ax = axes[r][c]
+            for k, (method, keys) in enumerate(curves.items()):
+                xs, ys, labels = [], [], []
+                for s in keys:
+                    x, y = res.value(s, "rank1", judge), res.value(s, metric)
+                    if x is None or y is None:
+                        continue
+                    xs.append(100 * x)
+                    ys.append(100 * y if pct else y)
+                    labels.append(_value_label(s))
+                if not xs:
+                    continue
+                color = colors[k % len(colors)]
+                names = _param_names(keys)
+                legend = f"{method} ({', '.join(names)})" if names and len(xs) > 1 else method
+                ax.plot(xs, ys, marker=markers[k % len(markers)], color=color, label=legend, lw=1.5 if len(xs) > 1 else 0, ms=7)
+                if len(xs) > 1:
+                    for x, y, lab in zip(xs, ys, labels):
+                        ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
+            if chance is not None:
+                ax.axvline(100 * chance, color="grey", ls=":", lw=1)
+                ax.text(100 * chance, ax.get_ylim()[1], " chance", color="grey", fontsize=7, va="top")
+            ax.set_xlabel(f"re-identification rank-1, {judge} judge (%) ← more private")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            ax.set_xlim(left=-2, right=102)
+            if r == 0 and c == 0:
+                ax.legend(fontsize=8, loc="best")
+    fig.suptitle("Privacy vs utility on LFW (one curve per method across its parameter)", fontsize=11)
+    fig.tight_layout()
+    path = res.run_dir / "frontier.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _write_samples(res: RunResults) -> Path | None:
+    """One row per setting (label, then its strip of faces); 256-colour PNG to stay small."""
+    from PIL import Image, ImageDraw
+
+    rows = []
+    for s in res.settings:
+        path = res.run_dir / "samples" / f"{expand_methods([s])[0].slug}.jpg"
+        if path.is_file():
+            rows.append((s, Image.open(path).convert("RGB")))
+    if not rows:
+        return None
+    label_w, pad = 190, 4
+    width = label_w + max(img.width for _, img in rows)
+    height = sum(img.height + pad for _, img in rows) + pad
+    canvas = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = pad
+    for s, img in rows:
+        canvas.paste(img, (label_w, y))
+        draw.text((6, y + img.height // 2 - 6), s, fill="black")
+        y += img.height + pad
+    path = res.run_dir / "samples.png"
+    canvas.quantize(256, dither=Image.Dither.FLOYDSTEINBERG).save(path, optimize=True)
+    return path
