@@ -280,6 +280,7 @@ class _VideoWriter:
         os.close(fd)
         self.tmp = Path(tmp)
         self.audio_status: list[str] = []
+        self._last_ticks = -(2**62)
         self._audio_map: dict[int, tuple[object, object | None]] = {}
         try:
             self.container = av.open(str(self.tmp), mode="w")
@@ -290,11 +291,10 @@ class _VideoWriter:
             if codec == "libx264" and (width % 2 or height % 2):
                 pix_fmt = "yuv444p"  # 4:2:0 needs even sides; 4:4:4 keeps odd sizes exact
             self.video.pix_fmt = pix_fmt
-            opts = dict(options)
             if codec == "mpeg4":
                 # mpeg4 has no CRF: give it a generous bit rate (~0.25 bit per pixel).
                 self.video.bit_rate = int(max(2e6, 0.25 * width * height * float(rate)))
-            self.video.options = opts
+            self.video.options = dict(options)
             if threads:
                 self.video.codec_context.thread_count = threads
             # One tick per frame at the nominal rate; each frame's timestamp is rescaled onto it.
@@ -331,7 +331,7 @@ class _VideoWriter:
         else:
             out.layout = "stereo"
         self._audio_map[in_audio.index] = (out, av.AudioResampler(format=out.format.name, layout=out.layout.name, rate=rate))
-        self.audio_status.append(f"re-encoded to {codec} ({name} cannot go into {self.target.suffix})")
+        self.audio_status.append(f"re-encoded to {codec} ({name} is not kept in {self.target.suffix})")
 
     def mux_audio(self, packet) -> None:
         entry = self._audio_map.get(packet.stream.index)
@@ -359,8 +359,6 @@ class _VideoWriter:
         frame.pts = ticks
         frame.time_base = self.time_base
         self.container.mux(self.video.encode(frame))
-
-    _last_ticks = -(2**62)
 
     def finish(self, flush_audio: bool = True) -> Path:
         """Flush the encoders, close the file and move it to the target."""

@@ -1,0 +1,219 @@
+"""Video speed benchmark (issue 7): frames/s on a 20 s 1280×720 clip with 3 moving LFW faces.
+
+Runs `identitydp` video anonymization (blur, and identitydp) with detection on every frame and on
+every 3rd frame, and the `deface` CLI (its blur) on the same clip. Each figure is end-to-end wall
+time (decode, detect, track, anonymize, encode, audio copy) divided by the number of frames.
+
+The clip is composed from LFW faces (tests/clipgen.py) and written under cache/ (not committed).
+Without a registered trained generator, identitydp runs a randomly initialised generator of the
+shipped architecture: the timing is that of the real network, the faces are not meaningful.
+
+Usage: nice python benchmarks/video_fps.py [--seconds 20] [--threads 1] [--skip-deface]
+       [--methods blur,identitydp] [--out docs/results/video_fps.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from clipgen import Clip, FaceSpec, load_sprites, write_clip  # noqa: E402
+
+from identitydp import Anonymizer  # noqa: E402
+from identitydp.detect import CenterFaceDetector  # noqa: E402
+from identitydp.video import anonymize_video, count_frames, probe_video  # noqa: E402
+
+DATA = REPO.parent / "shared" / "data"
+FPS = Fraction(25)
+H, W = 720, 1280
+
+
+def wander(x0, y0, vx, vy, size, phase, seed):
+    """Linear drift with a slow sinusoidal sway, bouncing off the frame edges, plus jitter."""
+    rng = np.random.default_rng(seed)
+    jitter = rng.normal(0, 1.5, size=(100_000, 2))
+
+    def bounce(p, lo, hi):
+        span = hi - lo
+        q = (p - lo) % (2 * span)
+        return lo + (q if q < span else 2 * span - q)
+
+    def script(t):
+        x = bounce(x0 + vx * t + 40 * np.sin(t / 30 + phase), 80, W - 80)
+        y = bounce(y0 + vy * t + 25 * np.sin(t / 45 + phase), 80, H - 80)
+        s = size * (1 + 0.2 * np.sin(t / 60 + phase))
+        return x + jitter[t, 0], y + jitter[t, 1], s
+
+    return script
+
+
+def make_clip(path: Path, seconds: float, detector) -> tuple[Path, int]:
+    n = int(round(seconds * float(FPS)))
+    if path.exists() and count_frames(path)[0] == n:
+        return path, n
+    lfw = sorted((DATA / "lfw" / "lfw-deepfunneled").glob("*/*.jpg"))
+    sprites = load_sprites(lfw, 3, detector, start=1000)
+    faces = [
+        FaceSpec(sprites[0], wander(200, 200, 2.5, 0.8, 150, 0.0, 1), name="a"),
+        FaceSpec(sprites[1], wander(900, 400, -1.8, -0.6, 110, 1.0, 2), name="b"),
+        FaceSpec(sprites[2], wander(640, 560, 1.2, -1.1, 80, 2.0, 3), name="c"),
+    ]
+    clip = Clip(H, W, n, faces, fps=FPS, seed=11)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_clip(path, (f for f, _ in clip.frames()), FPS, n, crf=20)
+    return path, n
+
+
+def identitydp_weights(cache: Path):
+    """The registered generator, else a random-init one of the shipped architecture (timing only)."""
+    from identitydp.models.registry import registry, weight_path
+
+    if "identitydp_generator" in registry():
+        return weight_path("identitydp_generator"), "registered"
+    import torch
+
+    from identitydp.generate.networks import FaceGenerator, NetConfig
+    from identitydp.generate.train import export_generator
+
+    path = cache / "random_generator_128.safetensors"
+    if not path.exists():
+        torch.manual_seed(0)
+        export_generator(FaceGenerator(NetConfig(size=128)), torch.zeros(128), path, {"margin": 0.25})
+    return path, "random-init (timing only; no trained generator registered)"
+
+
+def _cpu(who) -> float:
+    """User + system CPU seconds (of this process with its threads, or of its waited-for children)."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run_ours(clip: Path, out: Path, method: str, detect_every: int, threads: int, params: dict) -> dict:
+    detector = CenterFaceDetector(pad_tight=False)
+    anonymizer = Anonymizer(method, detector=detector, seed=0, **params)
+    if out.exists():
+        out.unlink()
+    t0, c0 = time.perf_counter(), _cpu(resource.RUSAGE_SELF)
+    report = anonymize_video(anonymizer, clip, out, detect_every=detect_every)
+    wall, cpu = time.perf_counter() - t0, _cpu(resource.RUSAGE_SELF) - c0
+    return {
+        "tool": "identitydp",
+        "method": method,
+        "detect_every": detect_every,
+        "frames": report.frames,
+        "seconds": round(wall, 2),
+        "fps": round(report.frames / wall, 2),
+        "cpu_seconds": round(cpu, 2),
+        "fps_per_cpu_second": round(report.frames / cpu, 2),
+        "stage_seconds": {k: round(v, 2) for k, v in report.seconds.items()},
+        "tracks": len(report.tracks),
+        "track_frames": [list(t.frame_range) for t in report.tracks],
+        "faces_anonymized": report.faces,
+        "audio": report.audio,
+    }
+
+
+def run_deface(clip: Path, out: Path, threads: int) -> dict:
+    if out.exists():
+        out.unlink()
+    # deface's own CLI entry point, with OpenCV limited to the same thread count as ours.
+    code = (
+        "import sys, cv2; cv2.setNumThreads(%d); from deface.deface import main; "
+        "sys.argv = ['deface', %r, '-o', %r, '--replacewith', 'blur', '--backend', 'opencv']; main()"
+    ) % (threads, str(clip), str(out))
+    t0, c0 = time.perf_counter(), _cpu(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    wall, cpu = time.perf_counter() - t0, _cpu(resource.RUSAGE_CHILDREN) - c0
+    if proc.returncode != 0:
+        return {"tool": "deface", "error": proc.stderr[-2000:]}
+    frames = count_frames(out)[0]
+    return {
+        "tool": "deface",
+        "method": "blur (deface default, no tracking)",
+        "detect_every": 1,
+        "frames": frames,
+        "seconds": round(wall, 2),
+        "fps": round(frames / wall, 2),
+        "cpu_seconds": round(cpu, 2),
+        "fps_per_cpu_second": round(frames / cpu, 2),
+        "audio": "dropped (deface needs --keep-audio and an ffmpeg binary)",
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=20.0)
+    ap.add_argument("--threads", type=int, default=1, help="torch / OpenCV threads (default 1)")
+    ap.add_argument("--methods", default="blur,identitydp")
+    ap.add_argument("--detect-every", default="1,3")
+    ap.add_argument("--skip-deface", action="store_true")
+    ap.add_argument("--cache", default=str(REPO / "cache" / "video_bench"))
+    ap.add_argument("--out", default=str(REPO / "docs" / "results" / "video_fps.json"))
+    args = ap.parse_args()
+    cv2.setNumThreads(args.threads)
+    try:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    except ImportError:
+        pass
+    cache = Path(args.cache)
+    clip, n = make_clip(cache / f"clip_720p_3faces_{int(args.seconds)}s.mp4", args.seconds, CenterFaceDetector(pad_tight=False))
+    info = probe_video(clip)
+    res: dict = {
+        "clip": {"width": info.width, "height": info.height, "fps": float(info.fps), "frames": n, "faces": 3, "audio": info.audio_codecs,
+                 "composed_from": "LFW deep-funneled faces (tests/clipgen.py), 80-180 px faces moving and swaying"},
+        "threads": args.threads,
+        "note": "fps: frames / wall time, end to end (decode, detect, track, anonymize, encode, audio). The 2-core machine "
+                "is shared and loaded by other jobs, so wall time varies with load (each run records the 1-minute load "
+                "average before and after it); fps_per_cpu_second (frames / CPU seconds of the process and its children, "
+                "encoder threads and deface's ffmpeg included) is the load-independent comparison.",
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_start": list(os.getloadavg())},
+        "runs": [],
+    }
+    print(f"clip: {clip} ({info.width}x{info.height}, {float(info.fps):g} fps, {n} frames); load average {os.getloadavg()[0]:.1f}")
+    if not args.skip_deface:
+        # deface first, right before our blur, so both meet similar machine load.
+        load = os.getloadavg()[0]
+        r = run_deface(clip, cache / "out_deface.mp4", args.threads)
+        r["loadavg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+        res["runs"].append(r)
+        if "error" in r:
+            print(f"deface failed: {r['error']}")
+        else:
+            print(f"deface     blur       detect every 1: {r['fps']:6.2f} frames/s  ({r['seconds']} s; {r['fps_per_cpu_second']} frames per CPU-second)")
+    for method in [m for m in args.methods.split(",") if m]:
+        params: dict = {}
+        if method == "identitydp":
+            weights, kind = identitydp_weights(cache)
+            params = {"epsilon": 2.0, "weights": str(weights)}
+        for k in [int(v) for v in args.detect_every.split(",")]:
+            load = os.getloadavg()[0]
+            r = run_ours(clip, cache / f"out_{method}_every{k}.mp4", method, k, args.threads, params)
+            r["loadavg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+            if method == "identitydp":
+                r["generator"] = kind
+            res["runs"].append(r)
+            print(f"identitydp {method:>10} detect every {k}: {r['fps']:6.2f} frames/s  ({r['seconds']} s; {r['fps_per_cpu_second']} frames per CPU-second; {r['tracks']} tracks)")
+    res["machine"]["loadavg_end"] = list(os.getloadavg())
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
