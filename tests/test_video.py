@@ -501,6 +501,16 @@ def test_cli_video(tmp_path, short_clip):
     assert rc == 0 and probe_video(tmp_path / "silent.mp4").audio_codecs == []
 
 
+def test_cli_videos_and_images_together(tmp_path, short_clip, lfw_images):
+    src = write_clip(tmp_path / "clip.mp4", _clip_frames(short_clip), FPS, short_clip.num_frames, audio=False)
+    image = tmp_path / "face.jpg"
+    image.write_bytes(lfw_images[0].read_bytes())
+    rc = cli_main(["anonymize", str(src), str(image), "--detect-every", "3", "--quiet"])
+    assert rc == 0
+    assert (tmp_path / "clip.anonymized.mp4").is_file() and (tmp_path / "face.anonymized.jpg").is_file()
+    assert count_frames(tmp_path / "clip.anonymized.mp4")[0] == short_clip.num_frames
+
+
 def test_cli_video_ledger_lists_tracks(tmp_path, short_clip):
     """A DP method writes the privacy ledger with one entry per track and its frame range."""
     src = write_clip(tmp_path / "clip.mkv", _clip_frames(short_clip), FPS, short_clip.num_frames)

@@ -94,6 +94,7 @@ def run_anonymize(args) -> int:
     from ._cli_video import run_videos, split_videos
 
     videos, args.inputs = split_videos(args.inputs)
+    video_rc = 0
     if videos:
         # Video files go through the tracking pipeline (identitydp.video); images continue below.
         video_rc, video_reports = run_videos(args, videos, single=len(videos) == 1 and not args.inputs)
@@ -156,7 +157,7 @@ def run_anonymize(args) -> int:
         print(summary)
         if ledger is not None and reports:
             print(f"privacy ledger: {ledger_path} (max ε spent on one face: {ledger.max_spent().epsilon:g})")
-    return 1 if failures else 0
+    return max(video_rc, 1 if failures else 0)
 
 
 def _ledger_path(args, plan) -> Path:
