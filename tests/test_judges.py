@@ -139,3 +139,28 @@ def test_identity_embedder_centring(faces):
         IdentityEmbedder("dlib", mean=np.zeros(3))
     with pytest.raises(ValueError, match="unknown recognizer"):
         IdentityEmbedder("arcface")
+
+
+def test_identity_embedder_flip(faces):
+    image, det = faces["Colin_Powell_0001"]
+    single = IdentityEmbedder("mobileface")
+    flipped = IdentityEmbedder("mobileface", flip=True)
+    assert single.config_id.endswith(":single") and flipped.config_id.endswith(":flip")
+    a, b = single.embed(image, det).vectors[0], flipped.embed(image, det).vectors[0]
+    np.testing.assert_allclose(np.linalg.norm(b), 1.0, rtol=1e-5)
+    # The mirror image is the same face: the average moves the vector only a little.
+    assert 0.0 < cosine_distance(a, b) < 0.2
+
+
+def test_weighted_similarity_reduces_to_umeyama():
+    from identitydp.align import estimate_similarity
+    from identitydp.models.dlib_resnet import weighted_similarity
+
+    rng = np.random.default_rng(0)
+    src, dst = rng.normal(size=(5, 2)) * 30 + 100, rng.normal(size=(5, 2)) * 20 + 70
+    np.testing.assert_allclose(weighted_similarity(src, dst, np.ones(5)), estimate_similarity(src, dst), atol=1e-9)
+    # A point with (almost) no weight does not move the fit.
+    moved = dst.copy()
+    moved[2] += 50
+    w = np.array([1, 1, 1e-9, 1, 1])
+    np.testing.assert_allclose(weighted_similarity(src, moved, w), weighted_similarity(src, dst, w), atol=1e-5)

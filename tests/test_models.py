@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 from pathlib import Path
 
@@ -125,3 +126,37 @@ def test_registry_entries_have_provenance():
         assert len(entry.sha256) == 64
         assert entry.source and entry.origin and entry.license
         assert entry.filename.endswith((".safetensors", ".json"))
+
+
+def _lfw(lfw_dir, name: str) -> str:
+    return str(lfw_dir / "lfw-deepfunneled" / name.rsplit("_", 1)[0] / f"{name}.jpg")
+
+
+def test_verify_cli(lfw_dir, capsys):
+    from identitydp.cli import main
+
+    assert main(["verify", _lfw(lfw_dir, "Colin_Powell_0001"), _lfw(lfw_dir, "Colin_Powell_0002")]) == 0
+    assert capsys.readouterr().out.startswith("same person: dlib cosine distance")
+    assert main(["verify", "--json", "--model", "faceres",
+                 _lfw(lfw_dir, "Colin_Powell_0001"), _lfw(lfw_dir, "Serena_Williams_0001")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["same"] is False and out["model"] == "faceres" and out["distance"] > out["threshold"]
+
+
+def test_verify_cli_errors(lfw_dir, tmp_path, capsys):
+    from identitydp.cli import EXIT_ERROR, main
+
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.full((120, 160, 3), 128, np.uint8)).save(blank)
+    assert main(["verify", str(blank), _lfw(lfw_dir, "Colin_Powell_0001")]) == EXIT_ERROR
+    assert "no face found in" in capsys.readouterr().err
+    assert main(["verify", str(tmp_path / "missing.jpg"), str(blank)]) == EXIT_ERROR
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_models_cli_checks_weights(capsys):
+    from identitydp.cli import main
+
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "dlib_resnet" in out and "BAD" not in out

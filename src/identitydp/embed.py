@@ -14,6 +14,7 @@ score about 0.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -74,6 +75,9 @@ class IdentityEmbedder:
         threads: torch CPU threads to use inside calls (restored afterwards); None keeps the
             current setting.
         batch_size: faces per forward pass.
+        flip: average the raw features of each crop and its mirror image (test-time
+            augmentation: twice the cost, more accurate — dlib on LFW View 2 98.98 % -> about
+            99.2 %). ``identitydp verify`` uses it; the thresholds are calibrated with it.
 
     Raises:
         ValueError: unknown model or a mean of the wrong shape.
@@ -87,6 +91,7 @@ class IdentityEmbedder:
         device: str | torch.device = "cpu",
         threads: int | None = None,
         batch_size: int = 32,
+        flip: bool = False,
     ) -> None:
         if model not in MODELS:
             raise ValueError(f"unknown recognizer {model!r}; choose from {', '.join(MODELS)}")
@@ -98,23 +103,31 @@ class IdentityEmbedder:
                 raise ValueError(f"mean must have shape ({self.dim},) for {model}, got {mean.shape}")
         self.mean = mean
         self.threads = threads
+        self.flip = bool(flip)
         self.batch_size = max(1, int(batch_size))
         self.device = torch.device(device)
+        from .models.registry import registry
+
         if model == "dlib":
-            from .models.dlib_resnet import INPUT_SIZE, DlibEncoder
+            from .models.dlib_resnet import DLIB_CHIP_150, DLIB_CHIP_WEIGHTS, INPUT_SIZE, WEIGHTS_NAME, DlibEncoder
 
             self.net = DlibEncoder.load(device=self.device)
             self.chip_size = INPUT_SIZE
-        elif model == "mobileface":
-            from .models.judges import MobileFace
-
-            self.net = MobileFace.load(device=self.device)
-            self.chip_size = MobileFace.size
+            alignment = DLIB_CHIP_150.tobytes() + DLIB_CHIP_WEIGHTS.tobytes()
+            weights = WEIGHTS_NAME
         else:
-            from .models.judges import FaceRes
+            from .models.judges import FaceRes, MobileFace
 
-            self.net = FaceRes.load(device=self.device)
-            self.chip_size = FaceRes.size
+            cls = MobileFace if model == "mobileface" else FaceRes
+            self.net = cls.load(device=self.device)
+            self.chip_size = cls.size
+            alignment = np.asarray(cls.template, np.float64).tobytes()
+            weights = cls.graph_name
+        digest = hashlib.sha256(alignment).hexdigest()[:8]
+        # What the vectors depend on (weights, alignment, flip), e.g. for cache keys.
+        self.config_id = (
+            f"{model}:{registry()[weights].sha256[:12]}:align-{digest}:{'flip' if self.flip else 'single'}"
+        )
 
     def chips(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """Aligned crops this recognizer expects.
@@ -147,15 +160,19 @@ class IdentityEmbedder:
             for start in range(0, len(chips), self.batch_size):
                 batch = torch.from_numpy(np.ascontiguousarray(chips[start : start + self.batch_size]))
                 x = batch.to(self.device).permute(0, 3, 1, 2).float()
-                y = self.net(x)
-                if self.model == "faceres":
-                    y = y.features
+                y = self._features(x)
+                if self.flip:
+                    y = (y + self._features(x.flip(3))) / 2
                 out.append(y.float().cpu().numpy())
         raw = np.concatenate(out)
         if self.mean is not None:
             raw = raw - self.mean
         norms = np.linalg.norm(raw, axis=1, keepdims=True)
         return Embeddings((raw / np.maximum(norms, 1e-12)).astype(np.float32), self.model)
+
+    def _features(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.net(x)
+        return y.features if self.model == "faceres" else y
 
     def embed(self, image: np.ndarray, detections: Detections) -> Embeddings:
         """Embed every detected face of a frame.
