@@ -238,3 +238,17 @@ def test_failure_masks_the_face(lfw_face, generator_file: Path) -> None:
     x1, y1, x2, y2 = det.boxes[0].astype(int)
     cy, cx = (y1 + y2) // 2, (x1 + x2) // 2
     assert (result.image[cy, cx] == 0).all()
+
+
+def test_anonymizer_with_public_projection(lfw_face, generator_file: Path) -> None:
+    """Noise in the registered 16-d public projection: a valid release with the projected domain."""
+    from identitydp.generate.anonymizer import IdentityDPAnonymizer
+
+    img, det = lfw_face
+    anon = IdentityDPAnonymizer(epsilon=4.0, seed=3, weights=generator_file, projection=True)
+    result = anon.anonymize_frame(img, det, np.random.default_rng(0))
+    assert [f.status for f in result.faces] == ["anonymized"] * len(det)
+    priv = result.faces[0].privacy
+    assert priv["k"] == 16 and priv["radius"] > 0 and priv["epsilon"] == 4.0
+    assert anon.describe()["projection"] == "identity_projection_k16.safetensors"
+    assert not np.array_equal(result.image, img)

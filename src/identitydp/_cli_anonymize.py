@@ -37,6 +37,11 @@ def register(subparsers) -> None:
     p.add_argument("--epsilon", type=_epsilon, help="privacy parameter ε for dp-pix / identitydp (smaller = more private)")
     p.add_argument("--delta", type=float, help="δ for the Gaussian mechanism (identitydp)")
     p.add_argument("--mechanism", choices=["laplace", "gaussian", "metric"], help="identitydp noise mechanism")
+    p.add_argument(
+        "--projection",
+        action="store_true",
+        help="identitydp: add the noise in the public 16-d projection of identity space (less noise per ε)",
+    )
     p.add_argument("--sigma", type=float, help="blur σ as a fraction of the face size (default 0.1)")
     p.add_argument("--blocks", type=int, help="pixelate: cells across the face (default 8)")
     p.add_argument("--block", type=int, help="dp-pix: block side b in canonical pixels (default 8)")
@@ -68,7 +73,7 @@ def _method_params(args) -> dict:
     elif args.method == "dp-pix":
         params.update(epsilon=args.epsilon, block=args.block, m=args.m)
     elif args.method == "identitydp":
-        params.update(epsilon=args.epsilon, mechanism=args.mechanism, delta=args.delta)
+        params.update(epsilon=args.epsilon, mechanism=args.mechanism, delta=args.delta, projection=args.projection or None)
     return params
 
 
@@ -106,6 +111,9 @@ def run_anonymize(args) -> int:
     images = collect_images(args.inputs)
     if not images:
         print("identitydp: no images found in the inputs", file=sys.stderr)
+        return 2
+    if args.method == "identitydp" and args.epsilon is None:
+        print("identitydp: --method identitydp needs --epsilon (e.g. 1 = strong privacy, inf = no privacy)", file=sys.stderr)
         return 2
     plan = _plan_outputs(args, images)
     protected = {src.resolve() for src, _ in plan}

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 #: Registry name of the shipped generator (attribute encoder + AAD generator, fp16 safetensors).
 WEIGHTS_NAME = "identitydp_generator"
+PROJECTION_NAME = "identity_projection_k16"
 
 
 class IdentityDPAnonymizer(FaceAnonymizer):
@@ -40,6 +41,10 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         weights: path of an exported generator; default: the registered ``identitydp_generator``.
         device: torch device for the networks.
         color_match: match the generated face's colours to the original inside the mask.
+        projection: add the noise in the public k-dimensional projection of identity space
+            (``True``: the registered ``identity_projection_k16``, fitted on training identities;
+            or a path) instead of on the whole 128-d unit sphere (default). Same ε, less noise
+            relative to the signal, and the output stays in the span of real identities.
 
     Raises:
         WeightsError: the generator (or dlib) weights are missing or corrupt — never a silently
@@ -59,13 +64,14 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         weights: str | Path | None = None,
         device: str = "cpu",
         color_match: bool = True,
+        projection: bool | str | Path | None = None,
     ) -> None:
         import torch
 
         from ..align import face_mask
         from ..models.dlib_resnet import DlibEncoder
         from ..models.registry import weight_path
-        from ..privacy import ReproducibleRNG, UnitSphere, make_mechanism
+        from ..privacy import Projection, ReproducibleRNG, UnitSphere, make_mechanism
         from .train import load_generator
 
         self.epsilon = float(epsilon)
@@ -73,7 +79,14 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self.delta = delta
         self.seed = seed
         rng = ReproducibleRNG(seed) if seed is not None else None
-        self.mechanism = make_mechanism(mechanism, epsilon=self.epsilon, delta=delta, domain=UnitSphere(128), rng=rng)
+        if projection:
+            proj_path = weight_path(PROJECTION_NAME) if projection is True else Path(projection)
+            domain = Projection.load(proj_path)
+            self.projection = proj_path.name
+        else:
+            domain = UnitSphere(128)
+            self.projection = None
+        self.mechanism = make_mechanism(mechanism, epsilon=self.epsilon, delta=delta, domain=domain, rng=rng)
         path = Path(weights) if weights is not None else weight_path(WEIGHTS_NAME)
         self.weights = path
         self.device = torch.device(device)
@@ -93,6 +106,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             "mechanism": self.mechanism_name,
             "delta": self.delta,
             "seeded": self.seed is not None,
+            "projection": self.projection,
             "generator": self.weights.name,
         }
 
