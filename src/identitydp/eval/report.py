@@ -95,7 +95,7 @@ def _write_markdown(res: RunResults) -> Path:
     ref = REFERENCE
     out += ["## Reference (originals)", ""]
     chance = res.value(ref, "chance_rank1")
-    rows = [f"| chance rank-1 | {_fmt_pct(chance)} % |"]
+    rows = [f"| chance rank-1 | {'–' if chance is None else f'{100 * chance:.2f}'} % |"]
     for j in judges:
         line = res.get(ref, "far_threshold", j)
         if line:
@@ -268,10 +268,15 @@ def _write_frontier(res: RunResults) -> Path:
             if chance is not None:
                 ax.axvline(100 * chance, color="grey", ls=":", lw=1)
                 ax.text(100 * chance, ax.get_ylim()[1], " chance", color="grey", fontsize=7, va="top")
-            ax.set_xlabel(f"re-identification rank-1, {judge} judge (%) ← more private")
+            ax.set_xlabel(f"re-identification rank-1, {judge} judge (%, symlog) ← more private")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
-            ax.set_xlim(left=-2, right=102)
+            # Most baselines sit within a few points of chance: a symmetric-log axis (linear below
+            # 0.1 %) keeps them apart without hiding the no-op anchor.
+            ax.set_xscale("symlog", linthresh=0.1, linscale=0.5)
+            ax.set_xlim(left=0, right=110)
+            ax.set_xticks([0, 0.1, 1, 10, 100])
+            ax.set_xticklabels(["0", "0.1", "1", "10", "100"])
             if r == 0 and c == 0:
                 ax.legend(fontsize=8, loc="best")
     fig.suptitle("Privacy vs utility on LFW (one curve per method across its parameter)", fontsize=11)
