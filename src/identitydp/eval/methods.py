@@ -53,8 +53,10 @@ class MethodRunner:
     def run(self, images: list[np.ndarray], detections: list[Detections]) -> BatchResult:
         raise NotImplementedError
 
-    def run_seeded(self, image: np.ndarray, detections: Detections, seed: int) -> np.ndarray:
-        """One anonymization with a given seed (diversity)."""
+    def run_again(self, image: np.ndarray, detections: Detections) -> np.ndarray:
+        """One more anonymization of ``image`` (diversity): successive calls draw fresh randomness
+        from one persistent instance (seeded once), so a randomized method gives different outputs
+        while the model (e.g. a generator) is loaded only once."""
         raise NotImplementedError
 
     def run_end_to_end(self, images: list[np.ndarray]) -> dict:
@@ -74,7 +76,7 @@ class NoopRunner(MethodRunner):
     def run(self, images, detections):
         return BatchResult([im.copy() for im in images], [0.0] * len(images), 0, sum(len(d) for d in detections))
 
-    def run_seeded(self, image, detections, seed):
+    def run_again(self, image, detections):
         return image.copy()
 
     def run_end_to_end(self, images):
@@ -101,6 +103,7 @@ class PipelineRunner(MethodRunner):
         self.seed = seed
         self._params = setting.kwargs()
         self._anon = Anonymizer(setting.method, threshold=threshold, seed=seed, **self._params)
+        self._again = None
 
     def _fresh(self, seed: int):
         from ..pipeline import Anonymizer
@@ -117,8 +120,10 @@ class PipelineRunner(MethodRunner):
             faces += report.num_faces
         return BatchResult(outs, secs, masked, faces)
 
-    def run_seeded(self, image, detections, seed):
-        return self._fresh(seed).anonymize(image, detections)[0]
+    def run_again(self, image, detections):
+        if self._again is None:
+            self._again = self._fresh(self.seed + 1000)
+        return self._again.anonymize(image, detections)[0]
 
     def run_end_to_end(self, images):
         anon = self._fresh(self.seed + 1)
@@ -193,7 +198,7 @@ class DefaceRunner(MethodRunner):
         outs, wall = self._call(images)
         return BatchResult(outs, [wall / max(1, len(images))] * len(images), 0, sum(len(d) for d in detections if d is not None))
 
-    def run_seeded(self, image, detections, seed):
+    def run_again(self, image, detections):
         return self._call([image])[0][0]
 
     def run_end_to_end(self, images):

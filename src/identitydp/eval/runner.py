@@ -513,14 +513,14 @@ class EvalRun:
         key0 = proto.probes[0]
         img0 = self.load(key0)
         det0 = anonymizer_detections(o.detections[key0], o.geometry[key0], cfg.threshold)
-        a, b = runner.run_seeded(img0, det0, 1001), runner.run_seeded(img0, det0, 1002)
+        a, b = runner.run_again(img0, det0), runner.run_again(img0, det0)
         if np.array_equal(a, b):
-            return []  # the method ignores its seed: deterministic
+            return []  # two draws agree: the method is deterministic
         per_image = []
         for key in proto.probes[:D]:
             img, g = self.load(key), o.geometry[key]
             det = anonymizer_detections(o.detections[key], g, cfg.threshold)
-            outs = [runner.run_seeded(img, det, 1000 + r) for r in range(cfg.diversity_runs)]
+            outs = [runner.run_again(img, det) for _ in range(cfg.diversity_runs)]
             emb = self.measurer.measure(outs, [g] * len(outs), [judge])[judge]
             per_image.append(mean_pairwise_distance(emb, JUDGE_METRIC[judge]))
         return [L("diversity", float(np.mean(per_image)), D, judge, runs=cfg.diversity_runs, distance=JUDGE_METRIC[judge])]
