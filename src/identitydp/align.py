@@ -45,12 +45,13 @@ def template_for(size: int, margin: float = 0.0) -> np.ndarray:
     return unit * size
 
 
-def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity transform (Umeyama, no reflection) mapping ``src`` to ``dst``.
+def estimate_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """(Weighted) least-squares similarity transform (Umeyama, no reflection) mapping ``src`` to ``dst``.
 
     Args:
         src: (K, 2) points, K ≥ 2.
         dst: (K, 2) points.
+        weights: optional (K,) non-negative weights of the points (uniform when None).
 
     Returns:
         (2, 3) float64 affine matrix M with ``dst ≈ M @ [x, y, 1]``.
@@ -59,13 +60,16 @@ def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     dst = np.asarray(dst, dtype=np.float64)
     if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or src.shape[0] < 2:
         raise ValueError(f"need two (K, 2) point sets with K >= 2, got {src.shape} and {dst.shape}")
-    mu_src, mu_dst = src.mean(0), dst.mean(0)
+    w = np.full(len(src), 1.0) if weights is None else np.asarray(weights, dtype=np.float64)
+    if w.shape != (len(src),) or not np.all(w >= 0) or w.sum() <= 0:
+        raise ValueError(f"need (K,) non-negative weights with a positive sum, got {w.shape}")
+    w = w / w.sum()
+    mu_src, mu_dst = w @ src, w @ dst
     src_c, dst_c = src - mu_src, dst - mu_dst
-    var_src = (src_c**2).sum() / len(src)
+    var_src = w @ (src_c**2).sum(1)
     if var_src < 1e-12:
         raise ValueError("degenerate landmarks: all points coincide")
-    cov = dst_c.T @ src_c / len(src)
-    u, s, vt = np.linalg.svd(cov)
+    u, s, vt = np.linalg.svd((dst_c * w[:, None]).T @ src_c)
     d = np.ones(2)
     if np.linalg.det(u) * np.linalg.det(vt) < 0:
         d[-1] = -1

@@ -205,30 +205,10 @@ def _state_dict_from_faceapi(raw: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 
 def weighted_similarity(src: np.ndarray, dst: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weighted least-squares similarity (Umeyama, no reflection) mapping (K, 2) ``src`` to ``dst``.
+    """Weighted Umeyama similarity (K, 2) ``src`` → ``dst``: :func:`identitydp.align.estimate_similarity`."""
+    from ..align import estimate_similarity
 
-    Returns:
-        (2, 3) float64 affine M with ``dst ≈ M @ [x, y, 1]``.
-    """
-    src = np.asarray(src, np.float64)
-    dst = np.asarray(dst, np.float64)
-    w = np.asarray(weights, np.float64)
-    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2 or w.shape != (len(src),):
-        raise ValueError(f"need (K, 2) points and (K,) weights, got {src.shape}, {dst.shape}, {w.shape}")
-    w = w / w.sum()
-    mu_src, mu_dst = w @ src, w @ dst
-    src_c, dst_c = src - mu_src, dst - mu_dst
-    var_src = w @ (src_c**2).sum(1)
-    if var_src < 1e-12:
-        raise ValueError("degenerate landmarks: all points coincide")
-    u, s, vt = np.linalg.svd((dst_c * w[:, None]).T @ src_c)
-    d = np.array([1.0, -1.0 if np.linalg.det(u) * np.linalg.det(vt) < 0 else 1.0])
-    rot = u @ np.diag(d) @ vt
-    scale = (s * d).sum() / var_src
-    matrix = np.zeros((2, 3))
-    matrix[:, :2] = scale * rot
-    matrix[:, 2] = mu_dst - scale * rot @ mu_src
-    return matrix
+    return estimate_similarity(src, dst, weights)
 
 
 def dlib_chip_matrix(landmarks5: np.ndarray) -> np.ndarray:
