@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from .detect import Detections
+from .detect import Detections, box_iou
 
 # Sources of a tracked face's box in one frame.
 DETECTED = "detected"  # matched to a detection of this frame
@@ -151,14 +151,7 @@ def _cxcywh_to_xyxy(state: np.ndarray, scale: float = 1.0) -> np.ndarray:
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box of ``a`` (N, 4) with every box of ``b`` (M, 4), x1y1x2y2. Returns (N, M)."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(np.clip(a[:, 2:] - a[:, :2], 0, None), axis=1)
-    area_b = np.prod(np.clip(b[:, 2:] - b[:, :2], 0, None), axis=1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
+    return box_iou(a, b)
 
 
 def _inner_patch(image: np.ndarray, box: np.ndarray, frac: float = 0.6) -> np.ndarray | None:

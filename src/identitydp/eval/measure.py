@@ -31,7 +31,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from .cache import ArrayCache, geometry_digest
-from .metrics import box_iou
+from ..detect import box_iou
 
 #: Per group; bump when the way a group is computed changes (invalidates its cached originals).
 MEASURE_VERSION = {"dlib": "1", "mobileface": "1", "faceres": "1", "emotion": "1", "mesh": "1", "blaze": "2"}
