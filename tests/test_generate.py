@@ -209,6 +209,14 @@ def test_anonymizer_on_lfw(lfw_face, generator_file: Path) -> None:
         support = np.maximum(support, cv2.warpAffine(mask, aligned.inverse, img.shape[1::-1], flags=cv2.INTER_LINEAR))
     support = cv2.dilate((support > 0).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     assert np.array_equal(out[~support], img[~support])
+    # ... and outside every detector box enlarged by PASTE_REGION (the evaluation's face regions).
+    from identitydp.blend import box_region_mask
+    from identitydp.generate.anonymizer import PASTE_REGION
+
+    region = np.zeros(img.shape[:2], bool)
+    for box in det.boxes:
+        region |= box_region_mask(img.shape[:2], box, PASTE_REGION)
+    assert np.array_equal(out[~region], img[~region])
     x1, y1, x2, y2 = det.boxes[0].astype(int)
     assert np.abs(out[y1:y2, x1:x2].astype(int) - img[y1:y2, x1:x2]).mean() > 2.0
 

@@ -47,6 +47,7 @@ def paste_face(
     *,
     color_match: bool = False,
     original_crop: np.ndarray | None = None,
+    region: np.ndarray | None = None,
 ) -> np.ndarray:
     """Paste a processed crop into a copy of ``frame`` with a feathered mask.
 
@@ -57,6 +58,9 @@ def paste_face(
         mask: (S, S) float in [0, 1], crop coordinates; 1 = take the crop.
         color_match: match the crop's colours to ``original_crop`` inside the mask first.
         original_crop: (S, S, 3) uint8 crop of the original face, needed for ``color_match``.
+        region: optional (4,) x1, y1, x2, y2 frame rectangle the paste may touch: the mask is
+            faded to 0 over the last 6 % of the rectangle's size at its edges and is 0 outside,
+            so nothing beyond it changes however far the crop's mask reaches.
 
     Returns:
         (H, W, 3) uint8 frame. Pixels whose warped mask weight is 0 are bit-identical to ``frame``.
@@ -82,15 +86,37 @@ def paste_face(
     size_out = (x1 - x0, y1 - y0)
     face = cv2.warpAffine(crop, shifted, size_out, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     alpha = cv2.warpAffine(mask.astype(np.float32), shifted, size_out, flags=cv2.INTER_LINEAR, borderValue=0.0)
-    alpha = np.clip(alpha, 0.0, 1.0)[..., None]
-    region = out[y0:y1, x0:x1].astype(np.float32)
-    blended = region * (1.0 - alpha) + face.astype(np.float32) * alpha
+    alpha = np.clip(alpha, 0.0, 1.0)
+    if region is not None:
+        alpha = alpha * _rect_ramp(size_out, np.asarray(region, np.float64) - (x0, y0, x0, y0))
+    alpha = alpha[..., None]
+    window = out[y0:y1, x0:x1].astype(np.float32)
+    blended = window * (1.0 - alpha) + face.astype(np.float32) * alpha
     blended = np.clip(blended + 0.5, 0, 255).astype(np.uint8)
     # Where alpha is exactly 0 keep the original bytes (rounding must not touch them).
     keep = alpha[..., 0] <= 0.0
     blended[keep] = out[y0:y1, x0:x1][keep]
     out[y0:y1, x0:x1] = blended
     return out
+
+
+def _rect_ramp(size: tuple[int, int], rect: np.ndarray, fade: float = 0.06) -> np.ndarray:
+    """(h, w) float32 weights: 1 well inside ``rect`` (x1, y1, x2, y2 in window pixels), a linear
+    ramp over ``fade`` of its size at the edges, exactly 0 at and beyond them."""
+    w, h = size
+    x1, y1, x2, y2 = rect
+    rw, rh = max(x2 - x1, 1e-6), max(y2 - y1, 1e-6)
+    xs, ys = np.arange(w, dtype=np.float64) + 0.5, np.arange(h, dtype=np.float64) + 0.5
+    wx = np.clip(np.minimum(xs - x1, x2 - xs) / (fade * rw), 0.0, 1.0)
+    wy = np.clip(np.minimum(ys - y1, y2 - ys) / (fade * rh), 0.0, 1.0)
+    return (wy[:, None] * wx[None, :]).astype(np.float32)
+
+
+def enlarged_box(box: np.ndarray, dilation: float) -> np.ndarray:
+    """(4,) box x1, y1, x2, y2 enlarged by ``dilation`` of its width / height on each side."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    dx, dy = (x2 - x1) * dilation, (y2 - y1) * dilation
+    return np.array([x1 - dx, y1 - dy, x2 + dx, y2 + dy])
 
 
 def box_region_mask(shape: tuple[int, int], box: np.ndarray, dilation: float = 0.15) -> np.ndarray:
@@ -133,3 +159,46 @@ def composite(frame: np.ndarray, replacement: np.ndarray, alpha: np.ndarray) -> 
     keep = alpha <= 0.0
     out[keep] = frame[keep]
     return out
+
+
+def warp_piecewise_affine(image: np.ndarray, src_points: np.ndarray, dst_points: np.ndarray) -> np.ndarray:
+    """Move the content at ``src_points`` to ``dst_points`` with a piecewise-affine warp.
+
+    The plane is triangulated (Delaunay) on the destination points plus the image's corners and
+    edge midpoints, which stay fixed, so the warp fades to the identity at the border. Each output
+    pixel samples the source at the same barycentric position in its triangle's source image.
+
+    Args:
+        image: (S, S, C) or (H, W, C) uint8 image.
+        src_points, dst_points: (K, 2) pixel coordinates (pixel centres at +0.5), K ≥ 3.
+
+    Returns:
+        Image of the same shape and dtype.
+    """
+    from scipy.spatial import Delaunay
+
+    h, w = image.shape[:2]
+    src = np.asarray(src_points, np.float64).reshape(-1, 2)
+    dst = np.asarray(dst_points, np.float64).reshape(-1, 2)
+    if src.shape != dst.shape or len(src) < 3:
+        raise ValueError(f"need matching (K ≥ 3, 2) point sets, got {src.shape} and {dst.shape}")
+    if not (np.all(np.isfinite(src)) and np.all(np.isfinite(dst))):
+        raise ValueError("non-finite landmarks")
+    bounds = np.array([w, h], np.float64)
+    src, dst = np.clip(src, 0, bounds), np.clip(dst, 0, bounds)
+    border = np.array([[0, 0], [w / 2, 0], [w, 0], [0, h / 2], [w, h / 2], [0, h], [w / 2, h], [w, h]], np.float64)
+    src_all, dst_all = np.concatenate([src, border]), np.concatenate([dst, border])
+    tri = Delaunay(dst_all)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
+    query = np.stack([xx.ravel(), yy.ravel()], 1)
+    simplex = tri.find_simplex(query)
+    outside = simplex < 0
+    simplex[outside] = 0
+    affine = tri.transform[simplex]
+    bary2 = np.einsum("nij,nj->ni", affine[:, :2], query - affine[:, 2])
+    bary = np.concatenate([bary2, 1.0 - bary2.sum(1, keepdims=True)], 1)
+    sample = np.einsum("ni,nij->nj", bary, src_all[tri.simplices[simplex]])
+    sample[outside] = query[outside]
+    map_x = (sample[:, 0] - 0.5).reshape(h, w).astype(np.float32)
+    map_y = (sample[:, 1] - 0.5).reshape(h, w).astype(np.float32)
+    return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)

@@ -56,6 +56,8 @@ def _parse_value(text: str):
     low = text.lower()
     if low in ("inf", "+inf", "infinity"):
         return math.inf
+    if low in ("true", "false"):
+        return low == "true"
     try:
         return int(text)
     except ValueError:
@@ -67,6 +69,8 @@ def _parse_value(text: str):
 
 
 def _format_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
     if isinstance(value, float):
         if math.isinf(value):
             return "inf"

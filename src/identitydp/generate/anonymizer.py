@@ -3,8 +3,10 @@
 Per face: align to the generator's crop (same template margin as training), embed with dlib (its
 150-px chip cut from the frame), centre by the generator's training mean, perturb with the chosen
 mechanism on the centred unit sphere (:mod:`identitydp.privacy`), render the noisy identity on the
-crop's attributes, and paste it back with a colour-matched, feathered mask. Pixels outside the
-dilated face mask stay bit-identical. Any failure on a face masks that face (fail closed).
+crop's attributes, put the rendering back on the original face's geometry (a piecewise-affine warp
+from its 68 landmarks to the original's), and paste it back with a colour-matched, feathered mask
+clipped to the detector box enlarged by :data:`PASTE_REGION` per side: every pixel outside that
+rectangle stays bit-identical. Any failure on a face masks that face (fail closed).
 
 The guarantee covers the identity channel only (DESIGN.md §2, "Honest scope").
 """
@@ -25,6 +27,12 @@ log = logging.getLogger(__name__)
 #: Registry name of the shipped generator (attribute encoder + AAD generator, fp16 safetensors).
 WEIGHTS_NAME = "identitydp_generator"
 PROJECTION_NAME = "identity_projection_k16"
+#: The paste may change pixels only inside the detector box enlarged by this fraction per side.
+PASTE_REGION = 0.25
+#: Skip the geometry warp when the generated face's landmarks are further than this (mean
+#: distance, in units of the crop's template inter-ocular distance) from the original's after
+#: a similarity fit: the landmark model has failed on the rendering, and warping it would tear it.
+MAX_GEOMETRY_RESIDUAL = 0.35
 
 
 class IdentityDPAnonymizer(FaceAnonymizer):
@@ -45,6 +53,9 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             (``True``: the registered ``identity_projection_k16``, fitted on training identities;
             or a path) instead of on the whole 128-d unit sphere (default). Same ε, less noise
             relative to the signal, and the output stays in the span of real identities.
+        geometry: warp the rendering onto the original face's 68 landmarks (dlib's shape
+            predictor), so pose, expression and outline follow the original exactly (default).
+            The geometry is an *attribute*: it is kept, not privatised (DESIGN.md §2).
 
     Raises:
         WeightsError: the generator (or dlib) weights are missing or corrupt — never a silently
@@ -65,10 +76,11 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         device: str = "cpu",
         color_match: bool = True,
         projection: bool | str | Path | None = None,
+        geometry: bool = True,
     ) -> None:
         import torch
 
-        from ..align import face_mask
+        from ..align import face_mask, template_for
         from ..models.dlib_resnet import DlibEncoder
         from ..models.registry import weight_path
         from ..privacy import Projection, ReproducibleRNG, UnitSphere, make_mechanism
@@ -96,6 +108,15 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self.mask = face_mask(self.size, self.margin)
         self.dlib = DlibEncoder.load(device=self.device)
         self.color_match = color_match
+        self.geometry = bool(geometry)
+        self.landmarks68 = None
+        if self.geometry:
+            from ..models.landmarks68 import Landmarks68, crop_face_box
+
+            self.landmarks68 = Landmarks68()
+            self._lm_box = crop_face_box(self.size, self.margin)
+            tpl = template_for(self.size, self.margin)
+            self._template_iod = float(np.linalg.norm(tpl[1] - tpl[0]))
         # Video: track id -> (1, 128) released identity, reused on every frame of the track.
         self._tracks: dict[int, np.ndarray] = {}
 
@@ -107,6 +128,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             "delta": self.delta,
             "seeded": self.seed is not None,
             "projection": self.projection,
+            "geometry": self.geometry,
             "generator": self.weights.name,
         }
 
@@ -132,6 +154,30 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             y = self.model(x, z)[0]
         return ((y + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
 
+    def match_geometry(self, generated: np.ndarray, original: np.ndarray) -> np.ndarray:
+        """Warp a generated crop so its 68 landmarks land on the original crop's.
+
+        Args:
+            generated, original: (S, S, 3) uint8 aligned crops (same template).
+
+        Returns:
+            (S, S, 3) uint8 warped crop; ``generated`` unchanged when the landmark model has
+            visibly failed on it (residual above :data:`MAX_GEOMETRY_RESIDUAL`).
+        """
+        from ..align import estimate_similarity, transform_points
+        from ..blend import warp_piecewise_affine
+
+        if self.landmarks68 is None:
+            raise RuntimeError("geometry matching is off for this anonymizer")
+        target = self.landmarks68.predict(original, self._lm_box)
+        source = self.landmarks68.predict(generated, self._lm_box)
+        fitted = transform_points(source, estimate_similarity(source, target))
+        residual = float(np.linalg.norm(fitted - target, axis=1).mean()) / self._template_iod
+        if residual > MAX_GEOMETRY_RESIDUAL:
+            log.debug("landmarks of the rendering are off (residual %.2f); pasting it unwarped", residual)
+            return generated
+        return warp_piecewise_affine(generated, source, target)
+
     def anonymize_frame(self, image: np.ndarray, faces: Detections, rng: np.random.Generator) -> FrameResult:
         """Every face gets its own fresh release (one per face per call)."""
         return self._anonymize(image, faces, [None] * len(faces))
@@ -149,7 +195,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
     def _anonymize(self, image: np.ndarray, faces: Detections, track_ids: list) -> FrameResult:
         from ..align import align_face
         from ..anonymizers.classical import solid_mask
-        from ..blend import paste_face
+        from ..blend import enlarged_box, paste_face
 
         out = image.copy()
         outcomes: list[FaceOutcome] = []
@@ -173,7 +219,10 @@ class IdentityDPAnonymizer(FaceAnonymizer):
                     if track is not None:
                         self._tracks[track] = noisy
                 face = self.render(aligned.crop[None], noisy)[0]
-                out = paste_face(out, face, aligned.inverse, self.mask, color_match=self.color_match, original_crop=aligned.crop)
+                if self.geometry:
+                    face = self.match_geometry(face, aligned.crop)
+                out = paste_face(out, face, aligned.inverse, self.mask, color_match=self.color_match,
+                                 original_crop=aligned.crop, region=enlarged_box(faces.boxes[i], PASTE_REGION))
                 outcomes.append(FaceOutcome(index=i, privacy=privacy))
             except Exception as exc:  # noqa: BLE001 - any failure on a face must hide that face (fail closed)
                 log.warning("identitydp could not anonymize face %d (%s); masking it", i, exc)

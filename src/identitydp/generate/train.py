@@ -507,6 +507,7 @@ class Trainer:
                     state.setdefault(int(i), {})[name] = v if name != "step" else v.cpu()
             sd["state"] = state
             opt.load_state_dict(sd)
+            _match_param_strides(opt)
         self.id_mean = tensors["id_mean"].to(self.device)
         self.z = centre(self._embed_bundle(), self.id_mean)
         self.step = int(meta.get("step", 0))
@@ -610,6 +611,20 @@ class Trainer:
                    wall_s=round(time.time() - self.start_time, 1))
         self._log_file.close()
         return final
+
+
+def _match_param_strides(opt: torch.optim.Optimizer) -> None:
+    """Give every Adam moment its parameter's memory format (channels_last on CUDA).
+
+    Moments read back from a checkpoint are contiguous; fused Adam refuses moments whose strides
+    differ from their parameter's ("must have same dtype, device, and layout")."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                v = state.get(name)
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    state[name] = torch.empty_like(p).copy_(v)
 
 
 def export_generator(model: FaceGenerator, id_mean: torch.Tensor, path: str | Path, meta: dict) -> None:
