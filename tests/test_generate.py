@@ -145,6 +145,33 @@ def test_one_training_step_and_checkpoint_roundtrip(trained) -> None:
         out = model(x, z)[0]
     assert (out - ref).abs().max() < 0.05  # fp16 export
 
+    # Warm start from an exported generator alone (e.g. the shipped one): G and EMA from it, D fresh.
+    warm = Trainer(TrainConfig(**{**trainer.cfg.__dict__, "out": str(trainer.out / "warm"),
+                                  "init": str(trainer.out / "generator_fp16.safetensors")}))
+    for k, v in model.state_dict().items():
+        assert torch.equal(warm.G.state_dict()[k], v) and torch.equal(warm.G_ema.state_dict()[k], v), k
+    assert torch.equal(warm.id_mean, id_mean)
+
+
+def test_resumed_adam_moments_take_their_parameters_strides() -> None:
+    """Fused Adam on CUDA refuses channels_last parameters with contiguous moments (the --resume
+    failure of the first GPU window); moments read back from a checkpoint are contiguous."""
+    from identitydp.generate.train import _match_param_strides
+
+    conv = torch.nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(conv.parameters())
+    conv(torch.randn(2, 3, 8, 8)).sum().backward()
+    opt.step()
+    sd = opt.state_dict()
+    sd["state"] = {i: {k: v.contiguous().clone() for k, v in st.items()} for i, st in sd["state"].items()}
+    fresh = torch.optim.Adam(conv.parameters())
+    fresh.load_state_dict(sd)
+    assert fresh.state[conv.weight]["exp_avg"].stride() != conv.weight.stride()
+    _match_param_strides(fresh)
+    for p in conv.parameters():
+        assert fresh.state[p]["exp_avg"].stride() == p.stride() and fresh.state[p]["exp_avg_sq"].stride() == p.stride()
+    assert torch.equal(fresh.state[conv.weight]["exp_avg"], sd["state"][0]["exp_avg"])
+
 
 # ---------------------------------------------------------------------- the anonymizer
 

@@ -517,11 +517,22 @@ class Trainer:
 
     def load_weights(self, path: str | Path) -> None:
         """Start from the weights of a ``ckpt_fp16.safetensors`` (fresh optimizers). The EMA starts
-        from the ``generator_fp16.safetensors`` beside it when there is one, else from G."""
+        from the ``generator_fp16.safetensors`` beside it when there is one, else from G.
+
+        ``path`` may also be an exported generator (``generator_fp16.safetensors`` or the shipped
+        ``identitydp_generator.safetensors``): G and its EMA start from it, D starts fresh."""
         from safetensors.torch import load_file
 
         path = Path(path)
         tensors = load_file(str(path), device=str(self.device))
+        if not any(k.startswith("D.") for k in tensors):
+            model, id_mean, _ = load_generator(path, device=self.device)
+            self.G.load_state_dict(model.state_dict())
+            self.G_ema.load_state_dict(model.state_dict())
+            self.id_mean = id_mean.float().to(self.device)
+            self.z = centre(self._embed_bundle(), self.id_mean)
+            self.event("initialised", path=str(path), ema_from="G", discriminator="fresh")
+            return
 
         def part(prefix: str) -> dict:
             return {k[len(prefix):]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith(prefix)}
