@@ -42,6 +42,11 @@ def register(subparsers) -> None:
         action="store_true",
         help="identitydp: add the noise in the public 16-d projection of identity space (less noise per ε)",
     )
+    p.add_argument(
+        "--no-geometry",
+        action="store_true",
+        help="identitydp: paste the rendering as generated, without warping it onto the original's 68 landmarks",
+    )
     p.add_argument("--sigma", type=float, help="blur σ as a fraction of the face size (default 0.1)")
     p.add_argument("--blocks", type=int, help="pixelate: cells across the face (default 8)")
     p.add_argument("--block", type=int, help="dp-pix: block side b in canonical pixels (default 8)")
@@ -73,7 +78,8 @@ def _method_params(args) -> dict:
     elif args.method == "dp-pix":
         params.update(epsilon=args.epsilon, block=args.block, m=args.m)
     elif args.method == "identitydp":
-        params.update(epsilon=args.epsilon, mechanism=args.mechanism, delta=args.delta, projection=args.projection or None)
+        params.update(epsilon=args.epsilon, mechanism=args.mechanism, delta=args.delta, projection=args.projection or None,
+                      geometry=False if args.no_geometry else None)
     return params
 
 

