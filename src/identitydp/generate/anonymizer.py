@@ -58,8 +58,12 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             or a path) instead of on the whole 128-d unit sphere (default). Same ε, less noise
             relative to the signal, and the output stays in the span of real identities.
         geometry: warp the rendering onto the original face's 68 landmarks (dlib's shape
-            predictor), so pose, expression and outline follow the original exactly (default).
+            predictor), so pose, expression and outline follow the original (default).
             The geometry is an *attribute*: it is kept, not privatised (DESIGN.md §2).
+        geometry_strength: how far the rendering's landmarks move towards the original's, in
+            [0, 1] (1: all the way). Face shape carries identity: on 300 LFW people at ε = 1,
+            moving half way (default) cut MobileFace rank-1 re-identification from 6.0 % to
+            4.0 % while the landmark error stayed at 0.06 inter-ocular (0.04 at 1).
         mirror_fusion: also render the mirrored crop and take the right half of the face from
             that (mirrored back) rendering (default). The shipped generator paints torn,
             streaky texture over the right half of almost every face (image right, the subject's
@@ -86,6 +90,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         color_match: bool = True,
         projection: bool | str | Path | None = None,
         geometry: bool = True,
+        geometry_strength: float = 0.5,
         mirror_fusion: bool = True,
     ) -> None:
         import torch
@@ -119,6 +124,9 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self.dlib = DlibEncoder.load(device=self.device)
         self.color_match = color_match
         self.geometry = bool(geometry)
+        self.geometry_strength = float(geometry_strength)
+        if not 0.0 <= self.geometry_strength <= 1.0:
+            raise ValueError(f"geometry_strength must be in [0, 1], got {geometry_strength}")
         self.mirror_fusion = bool(mirror_fusion)
         # Weight of the direct rendering per column: 1 on the image-left half, 0 on the right,
         # a logistic seam (width MIRROR_SEAM of the crop) at the template's face midline.
@@ -145,6 +153,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             "seeded": self.seed is not None,
             "projection": self.projection,
             "geometry": self.geometry,
+            "geometry_strength": self.geometry_strength,
             "mirror_fusion": self.mirror_fusion,
             "generator": self.weights.name,
         }
@@ -204,7 +213,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         if residual > MAX_GEOMETRY_RESIDUAL:
             log.debug("landmarks of the rendering are off (residual %.2f); pasting it unwarped", residual)
             return generated
-        return warp_piecewise_affine(generated, source, target)
+        return warp_piecewise_affine(generated, source, source + self.geometry_strength * (target - source))
 
     def anonymize_frame(self, image: np.ndarray, faces: Detections, rng: np.random.Generator) -> FrameResult:
         """Every face gets its own fresh release (one per face per call)."""
