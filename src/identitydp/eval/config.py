@@ -34,6 +34,7 @@ FULL_METHODS = [
     "mask",
     "dp-pix:epsilon=0.1,1,10",
     "deface",
+    "identitydp:epsilon=1,4,16,inf",
 ]
 QUICK_METHODS = [
     "noop",
