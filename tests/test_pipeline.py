@@ -368,4 +368,15 @@ def test_cli_budget_refuses_before_writing(tmp_path, capsys):
     assert cli_main(args) == 1
     assert not out.exists() and ledger.read_text() == first
     assert "exceed the budget" in capsys.readouterr().err
-    assert cli_main(["anonymize", str(SAMPLE), "-o", str(out), "--budget", "1"]) == 2  # blur has no ε
+    assert cli_main(["anonymize", str(SAMPLE), "-o", str(out), "--method", "blur", "--budget", "1"]) == 2  # blur has no ε
+
+
+def test_cli_default_is_identitydp_at_epsilon_1(tmp_path) -> None:
+    """No --method: IdentityDP at ε = 1, with its privacy ledger."""
+    import json
+
+    out = tmp_path / "default.jpg"
+    assert cli_main(["anonymize", str(SAMPLE), "-o", str(out), "--seed", "2", "--quiet"]) == 0
+    ledger = json.loads(out.with_suffix(".ledger.json").read_text())
+    assert ledger["max_spent"]["epsilon"] == 1.0
+    assert not np.array_equal(read_image(out).pixels, read_image(SAMPLE).pixels)

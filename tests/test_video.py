@@ -497,7 +497,7 @@ def test_cli_video(tmp_path, short_clip):
     (video,) = data["videos"]
     assert video["frames"] == short_clip.num_frames and len(video["tracks"]) >= 2
     assert count_frames(out)[0] == short_clip.num_frames
-    rc = cli_main(["anonymize", str(src), "-o", str(tmp_path / "silent.mp4"), "--no-audio", "--quiet"])
+    rc = cli_main(["anonymize", str(src), "-o", str(tmp_path / "silent.mp4"), "--method", "blur", "--no-audio", "--quiet"])
     assert rc == 0 and probe_video(tmp_path / "silent.mp4").audio_codecs == []
 
 
@@ -505,7 +505,7 @@ def test_cli_videos_and_images_together(tmp_path, short_clip, lfw_images):
     src = write_clip(tmp_path / "clip.mp4", _clip_frames(short_clip), FPS, short_clip.num_frames, audio=False)
     image = tmp_path / "face.jpg"
     image.write_bytes(lfw_images[0].read_bytes())
-    rc = cli_main(["anonymize", str(src), str(image), "--detect-every", "3", "--quiet"])
+    rc = cli_main(["anonymize", str(src), str(image), "--method", "blur", "--detect-every", "3", "--quiet"])
     assert rc == 0
     assert (tmp_path / "clip.anonymized.mp4").is_file() and (tmp_path / "face.anonymized.jpg").is_file()
     assert count_frames(tmp_path / "clip.anonymized.mp4")[0] == short_clip.num_frames
