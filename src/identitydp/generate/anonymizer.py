@@ -130,7 +130,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self.mirror_fusion = bool(mirror_fusion)
         # Weight of the direct rendering per column: 1 on the image-left half, 0 on the right,
         # a logistic seam (width MIRROR_SEAM of the crop) at the template's face midline.
-        centre_x = float(template_for(self.size, self.margin)[:, 0].mean())
+        tpl = template_for(self.size, self.margin)
+        centre_x = float(tpl[:, 0].mean())
         columns = np.arange(self.size, dtype=np.float64) + 0.5
         self._left_weight = (1.0 / (1.0 + np.exp((columns - centre_x) / (MIRROR_SEAM * self.size)))).astype(np.float32)
         self.landmarks68 = None
@@ -139,7 +140,6 @@ class IdentityDPAnonymizer(FaceAnonymizer):
 
             self.landmarks68 = Landmarks68()
             self._lm_box = crop_face_box(self.size, self.margin)
-            tpl = template_for(self.size, self.margin)
             self._template_iod = float(np.linalg.norm(tpl[1] - tpl[0]))
         # Video: track id -> (1, 128) released identity, reused on every frame of the track.
         self._tracks: dict[int, np.ndarray] = {}

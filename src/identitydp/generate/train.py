@@ -521,11 +521,13 @@ class Trainer:
 
         ``path`` may also be an exported generator (``generator_fp16.safetensors`` or the shipped
         ``identitydp_generator.safetensors``): G and its EMA start from it, D starts fresh."""
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
         path = Path(path)
-        tensors = load_file(str(path), device=str(self.device))
-        if not any(k.startswith("D.") for k in tensors):
+        with safe_open(str(path), "pt") as fh:
+            has_discriminator = any(k.startswith("D.") for k in fh.keys())
+        if not has_discriminator:
             model, id_mean, _ = load_generator(path, device=self.device)
             self.G.load_state_dict(model.state_dict())
             self.G_ema.load_state_dict(model.state_dict())
@@ -533,6 +535,7 @@ class Trainer:
             self.z = centre(self._embed_bundle(), self.id_mean)
             self.event("initialised", path=str(path), ema_from="G", discriminator="fresh")
             return
+        tensors = load_file(str(path), device=str(self.device))
 
         def part(prefix: str) -> dict:
             return {k[len(prefix):]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith(prefix)}
