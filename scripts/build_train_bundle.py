@@ -12,9 +12,11 @@ Two steps, so that the slow one runs once:
 
             ``blob``       uint8 (B,)      all encoded crops back to back
             ``offsets``    int64 (N+1,)    crop i is ``blob[offsets[i]:offsets[i+1]]``
-            ``source``     int8 (N,)       0 = UTKFace, 1 = CelebA
+            ``source``     int8 (N,)       0 = UTKFace, 1 = CelebA (89x109), 2 = CelebA 256-px crops
             ``identity``   int32 (N,)      CelebA identity id, -1 for UTKFace
             ``landmarks``  float16 (N,5,2) the 5 CenterFace points in crop pixels
+            ``landmarks68`` float16 (N,68,2) dlib's 68 points on the aligned crop (pixel
+                           centres at +0.5, :mod:`identitydp.models.landmarks68`)
             ``score``      float16 (N,)    detection score
             ``heldout``    bool (N,)       quick-evaluation faces (never trained on)
             ``names``      <U (N,)         file name relative to the training folder
@@ -62,14 +64,27 @@ def list_images(data: Path) -> tuple[list[str], list[int], list[int]]:
         names.append(f"celeba/{path.name}")
         sources.append(1)
         identities.append(ids.get(path.name, -1))
+    # celeba256/: 256-px DeepFaceLab crops of CelebA photos; identities share CelebA's id space.
+    ids256: dict[str, int] = {}
+    id_file = data / "celeba256_identity.txt"
+    if id_file.is_file():
+        for line in id_file.read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[2].isdigit():
+                ids256[parts[0]] = int(parts[2])
+    for path in sorted((data / "celeba256").glob("*.jpg")):
+        names.append(f"celeba256/{path.name}")
+        sources.append(2)
+        identities.append(ids256.get(path.name, -1))
     return names, sources, identities
 
 
 def cmd_detect(args: argparse.Namespace) -> int:
     from identitydp.align import align_face, transform_points
     from identitydp.detect import CenterFaceDetector
+    from identitydp.models.landmarks68 import Landmarks68, crop_face_box
 
-    cv2.setNumThreads(1)
+    cv2.setNumThreads(args.threads)
     data = Path(args.data)
     names, sources, identities = list_images(data)
     if args.limit:
@@ -81,8 +96,11 @@ def cmd_detect(args: argparse.Namespace) -> int:
     raw = np.lib.format.open_memmap(str(out) + ".raw.npy", mode="w+", dtype=np.uint8, shape=(n, args.size, args.size, 3))
     found = np.zeros(n, bool)
     landmarks = np.zeros((n, 5, 2), np.float32)
+    landmarks68 = np.zeros((n, 68, 2), np.float32)
     scores = np.zeros(n, np.float32)
     detector = CenterFaceDetector(threshold=args.threshold)
+    shape68 = Landmarks68()
+    box68 = crop_face_box(args.size, args.margin)
     start = time.time()
     for i, name in enumerate(names):
         bgr = cv2.imread(str(data / name), cv2.IMREAD_COLOR)
@@ -99,6 +117,9 @@ def cmd_detect(args: argparse.Namespace) -> int:
         aligned = align_face(rgb, det.landmarks[j], size=args.size, margin=args.margin)
         raw[i] = aligned.crop
         landmarks[i] = transform_points(det.landmarks[j], aligned.matrix)
+        # 68-point geometry of the aligned crop: the v2 generator's pose/expression input and
+        # the outline of the region it must repaint.
+        landmarks68[i] = shape68.predict(aligned.crop, box68)
         scores[i] = det.scores[j]
         found[i] = True
         if (i + 1) % 1000 == 0:
@@ -111,6 +132,7 @@ def cmd_detect(args: argparse.Namespace) -> int:
         source=np.array(sources, np.int8),
         identity=np.array(identities, np.int32),
         landmarks=landmarks,
+        landmarks68=landmarks68,
         score=scores,
         found=found,
         meta=np.array(json.dumps({"size": args.size, "margin": args.margin, "threshold": args.threshold})),
@@ -132,10 +154,11 @@ def choose_heldout(source: np.ndarray, identity: np.ndarray, seed: int = 0, n_ut
     held = np.zeros(len(source), bool)
     utk = np.flatnonzero(source == 0)
     held[rng.choice(utk, size=min(n_utk, len(utk)), replace=False)] = True
-    ids, counts = np.unique(identity[(source == 1) & (identity >= 0)], return_counts=True)
+    # CelebA identities span both CelebA folders: a held-out person is held out in both.
+    ids, counts = np.unique(identity[(source >= 1) & (identity >= 0)], return_counts=True)
     multi = ids[counts >= 2]
     chosen = rng.choice(multi, size=min(n_ids, len(multi)), replace=False)
-    held |= np.isin(identity, chosen) & (source == 1)
+    held |= np.isin(identity, chosen) & (source >= 1)
     return held
 
 
@@ -177,6 +200,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
         count=int(keep.size),
         utkface=int((source == 0).sum()),
         celeba=int((source == 1).sum()),
+        celeba256=int((source == 2).sum()),
         heldout=int(heldout.sum()),
         not_detected=int((~found).sum()),
         landmark_order="left eye, right eye, nose, left mouth, right mouth (crop pixels)",
@@ -190,6 +214,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
         source=source,
         identity=identity,
         landmarks=meta_npz["landmarks"][keep].astype(np.float16),
+        landmarks68=meta_npz["landmarks68"][keep].astype(np.float16),
         score=meta_npz["score"][keep].astype(np.float16),
         heldout=heldout,
         names=meta_npz["names"][keep],
@@ -209,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--margin", type=float, default=0.25)
     d.add_argument("--threshold", type=float, default=0.5)
     d.add_argument("--limit", type=int, default=0, help="only this many images, spread evenly (tests)")
+    d.add_argument("--threads", type=int, default=1, help="OpenCV threads for detection")
     d.set_defaults(func=cmd_detect)
     p = sub.add_parser("pack", help="encode the aligned crops into one compact .npz")
     p.add_argument("--out", default=str(DEFAULT_OUT))

@@ -1,28 +1,39 @@
 #!/usr/bin/env bash
-# Time-boxed IdentityDP generator training on a CUDA machine, from the repository root:
+# Time-boxed IdentityDP renderer (v2, inpainting) training on a CUDA machine, from the repository root:
 #
 #   scripts/train_gpu.sh OUTDIR [MINUTES] [extra trainer options...]
 #
 # Needs only python3 with torch (CUDA), numpy, safetensors, opencv and pillow (no pip install) and
-# the pre-aligned bundle .data/train128.npz (scripts/build_train_bundle.py; carry ".data").
+# the pre-aligned bundle with 68-point landmarks (scripts/build_train_bundle.py; carry ".data").
 # MINUTES (default 9) is the whole wall time of the trainer, start-up and final writes included.
-# OUTDIR receives at most 8 files, each < 16 MB: config.json, log.jsonl, train.log,
-# generator_fp16.safetensors (shippable EMA generator), ckpt_fp16.safetensors (G + D, fp16),
-# and the last 3 samples_*.png. The fp32+Adam checkpoint goes to /tmp (too big to ship back).
+# OUTDIR receives at most 8 files: config.json, log.jsonl, train.log, generator_fp16.safetensors
+# (shippable EMA renderer), ckpt_fp16.safetensors (G, EMA, D in fp16: pass it to --init to chain
+# the next run), and the last 3 samples_*.png. The fp32+Adam checkpoint goes to /tmp.
+#
+# Chain from the committed checkpoint (docs/training/…/ckpt_fp16.safetensors) with
+#   scripts/train_gpu.sh $OUT 9 --init PATH
+# Defaults here: 256-px crops from BUNDLE (default .data/v2_256.npz if present, else v2_128),
+# batch 32, the GPU channel widths below, bf16 autocast, torch.compile.
 set -euo pipefail
 OUT=${1:?usage: scripts/train_gpu.sh OUTDIR [MINUTES] [options]}
 MINUTES=${2:-9}
 shift $(( $# >= 2 ? 2 : 1 ))
-BUNDLE=${BUNDLE:-.data/train128.npz}
+if [ -z "${BUNDLE:-}" ]; then
+  BUNDLE=.data/v2_256.npz
+  [ -f "$BUNDLE" ] || BUNDLE=.data/v2_128.npz
+fi
 PY=${PYTHON:-python3}
-# Tests on a CPU: DEVICE=cpu SIZE=64 BATCH=8 BUNDLE=... scripts/train_gpu.sh OUT 1
+SIZE=${SIZE:-256}
+NET=${NET:-'{"channels": [32, 64, 128, 256, 256, 256, 256, 256]}'}
+# Tests on a CPU: DEVICE=cpu SIZE=128 BATCH=4 NET='{}' COMPILE= BUNDLE=... scripts/train_gpu.sh OUT 1
+COMPILE=${COMPILE---compile}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader || true
 "$PY" -c "import torch, numpy, safetensors, cv2, PIL; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 ls -la "$BUNDLE"
-PYTHONPATH=src "$PY" -u -m identitydp.generate.train \
-  --bundle "$BUNDLE" --device "${DEVICE:-cuda}" --size "${SIZE:-128}" --batch "${BATCH:-64}" \
+PYTHONPATH=src "$PY" -u -m identitydp.training.inpaint \
+  --bundle "$BUNDLE" --device "${DEVICE:-cuda}" --size "$SIZE" --batch "${BATCH:-32}" --net "$NET" $COMPILE \
   --minutes "$MINUTES" --out "$OUT" --full-ckpt /tmp/identitydp_ckpt_full.safetensors \
-  --log-every-s 20 --eval-every-s 90 --sample-every-s 150 --ckpt-every-s 120 --keep-samples 3 \
+  --log-every-s 20 --eval-every-s 120 --sample-every-s 150 --ckpt-every-s 120 --keep-samples 3 \
   --eval-faces 64 "$@" 2>&1 | tee "$OUT/train.log"
 ls -la "$OUT"

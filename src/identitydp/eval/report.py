@@ -159,13 +159,20 @@ def _write_markdown(res: RunResults) -> Path:
 
     if any(res.get(s, "fd") or res.get(s, "diversity") for s in settings):
         rr = res.value(ref, "fd_real_vs_real", "faceres")
+        rr_mf = res.value(ref, "fd_real_vs_real", "mobileface")
         out += ["## Realism and diversity", "",
-                f"Fréchet distance of faceres features, anonymized probes vs a disjoint real set (real vs real: {_fmt(rr, 3)}); "
-                "diversity = mean pairwise mobileface cosine distance among 5 anonymizations of one image (randomized methods only).", ""]
-        out += ["| method | setting | FD (faceres) | diversity |", "| --- | --- | --- | --- |"]
+                f"Fréchet distance of anonymized probes vs a disjoint real set, on faceres features (real vs real: {_fmt(rr, 3)}; "
+                "**faceres is in the v1 generator's training loss, so for v1 it is not an independent judge**) and on MobileFace "
+                f"features (in no training loss; real vs real: {_fmt(rr_mf, 3)}). Sharpness = high-frequency energy "
+                "(x − GaussianBlur(x, σ 1.5 px)) of the central face region, anonymized / original. Seam = (gradient on the "
+                "boundary of the changed region / gradient inside it) relative to the same on the original (1: no visible seam). "
+                "Diversity = mean pairwise mobileface cosine distance among 5 anonymizations of one image (randomized methods only).", ""]
+        out += ["| method | setting | FD (faceres) | FD (MobileFace) | sharpness | seam | diversity |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
         for s in settings:
             m, _ = res.method_of(s)
-            out.append(f"| {m} | {_setting_label(s)} | {_fmt(res.value(s, 'fd'), 3)} | {_fmt(res.value(s, 'diversity'), 3)} |")
+            out.append(f"| {m} | {_setting_label(s)} | {_fmt(res.value(s, 'fd'), 3)} | {_fmt(res.value(s, 'fd_independent'), 3)} | "
+                       f"{_fmt(res.value(s, 'sharpness_ratio'), 2)} | {_fmt(res.value(s, 'seam_score'), 2)} | {_fmt(res.value(s, 'diversity'), 3)} |")
         out.append("")
 
     out += ["## Speed", "",

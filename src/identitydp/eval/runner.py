@@ -27,6 +27,7 @@ import numpy as np
 from ..detect import Detections
 from ..errors import IdentityDPError
 from .cache import ArrayCache
+from .image_metrics import SHARPNESS_SIGMA, high_frequency_energy, seam_ratios
 from .config import EvalConfig, Setting
 from .lfw import Protocol, build_protocol
 from .measure import BLAZE_MATCH_IOU, FaceGeometry, Measurer
@@ -249,10 +250,16 @@ class EvalRun:
         self.originals: Originals | None = None
         self.thresholds: dict[str, tuple[float, float]] = {}
         self.fd_real_vs_real: float | None = None
+        self.fd_real_vs_real_mf: float | None = None
+        self._real_stats_mf = None
 
     def _fd(self, features: np.ndarray) -> float:
         """Fréchet distance of faceres features to real set A (its statistics computed once)."""
         return frechet_distance(features, self._real_stats, sqrt_cov_b=self._real_root)
+
+    def _fd_mf(self, features: np.ndarray) -> float:
+        """Fréchet distance of MobileFace features (an independent network) to real set A."""
+        return frechet_distance(features, self._real_stats_mf, sqrt_cov_b=self._real_root_mf)
 
     # ---------------------------------------------------------------- groups
     @property
@@ -311,8 +318,9 @@ class EvalRun:
         imp_b = measure([b for _, b in proto.impostors], self.identity_groups, "measure impostors B")
         real_a = real_b = {}
         if cfg.realism:
-            real_a = measure(proto.real_a, ["faceres"], "measure real set A")
-            real_b = measure(proto.real_b, ["faceres"], "measure real set B")
+            real_groups = ["faceres"] + (["mobileface"] if "mobileface" in cfg.judges else [])
+            real_a = measure(proto.real_a, real_groups, "measure real set A")
+            real_b = measure(proto.real_b, real_groups, "measure real set B")
         self.originals = Originals(geometry, dets, probe, gallery, imp_a, imp_b, real_a, real_b)
         for judge in cfg.judges:
             d = paired_distance(imp_a[judge], imp_b[judge], JUDGE_METRIC[judge])
@@ -323,6 +331,10 @@ class EvalRun:
             self._real_stats = gaussian_stats(real_a["faceres"])
             self._real_root = _psd_sqrt(self._real_stats[1])
             self.fd_real_vs_real = self._fd(real_b["faceres"])
+            if "mobileface" in real_a:
+                self._real_stats_mf = gaussian_stats(real_a["mobileface"])
+                self._real_root_mf = _psd_sqrt(self._real_stats_mf[1])
+                self.fd_real_vs_real_mf = self._fd_mf(real_b["mobileface"])
         self.echo(f"originals ready in {time.perf_counter() - t0:.0f} s")
         self._write_reference()
         return self.originals
@@ -367,6 +379,8 @@ class EvalRun:
                                     threshold=t_main, **{f"rate_at_{t_default}": float((sc >= t_default).mean())}))
         if cfg.realism:
             lines.append(self._line(None, "fd_real_vs_real", self.fd_real_vs_real, len(proto.real_a), "faceres", batch))
+            if self.fd_real_vs_real_mf is not None:
+                lines.append(self._line(None, "fd_real_vs_real", self.fd_real_vs_real_mf, len(proto.real_a), "mobileface", batch))
             fd_probe = self._fd(o.probe["faceres"])
             lines.append(self._line(None, "fd_originals_vs_real", fd_probe, P, "faceres", batch))
         lines.append(self._line(None, DONE, 0.0, None, batch=batch))
@@ -432,6 +446,9 @@ class EvalRun:
         masked = faces = 0
         outside_max = np.zeros(P)
         outside_frac = np.zeros(P)
+        hf_out = np.zeros(P)
+        hf_orig = np.zeros(P)
+        seams: list[tuple[float, float]] = []
         samples = []
         # deface pays a process start per call: give it bigger batches.
         bsize = cfg.batch * (8 if setting.method == "deface" else 1)
@@ -449,6 +466,12 @@ class EvalRun:
                 region = outside_region(images[j].shape[:2], o.detections[keys[i]], geoms[i])
                 outside_max[i] = float(diff[region].max()) if region.any() else 0.0
                 outside_frac[i] = float((diff[region] > 0).mean()) if region.any() else 0.0
+                if cfg.realism:
+                    hf_out[i] = high_frequency_energy(res.images[j], geoms[i].box)
+                    hf_orig[i] = high_frequency_energy(images[j], geoms[i].box)
+                    seam = seam_ratios(images[j], res.images[j])
+                    if seam is not None:
+                        seams.append(seam)
                 if i < cfg.sample_faces:
                     samples.append(sample_crop(res.images[j], geoms[i]))
             for sub in range(0, len(images), cfg.batch):
@@ -493,7 +516,21 @@ class EvalRun:
         lines.append(L("masked_faces", masked / max(1, faces), faces, None,
                        note="faces the pipeline masked solid because the method failed (fail closed)"))
         if cfg.realism:
-            lines.append(L("fd", self._fd(anon["faceres"]), P, "faceres", real_vs_real=self.fd_real_vs_real))
+            lines.append(L("fd", self._fd(anon["faceres"]), P, "faceres", real_vs_real=self.fd_real_vs_real,
+                           note="faceres is in the v1 generator's training loss: not independent for v1"))
+            if "mobileface" in anon and self._real_stats_mf is not None:
+                lines.append(L("fd_independent", self._fd_mf(anon["mobileface"]), P, "mobileface",
+                               real_vs_real=self.fd_real_vs_real_mf,
+                               note="MobileFace features: in no generator's training loss"))
+            ratio = float(hf_out.sum() / max(hf_orig.sum(), 1e-9))
+            per = hf_out / np.maximum(hf_orig, 1e-9)
+            lines.append(L("sharpness_ratio", ratio, P, None, median=float(np.median(per)), sigma_px=SHARPNESS_SIGMA,
+                           note="high-frequency energy of the central face region, anonymized / original"))
+            if seams:
+                arr = np.asarray(seams)
+                lines.append(L("seam_score", float(np.median(arr[:, 0] / np.maximum(arr[:, 1], 1e-6))), len(seams), None,
+                               anonymized=float(np.median(arr[:, 0])), original=float(np.median(arr[:, 1])),
+                               note="median over faces of (boundary/inside gradient, anonymized) / (same, original); 1 = invisible seam"))
         lines += self._diversity(setting, runner, L)
         lines += self._speed(runner, L)
         lines.append(L("ms_anonymize_in_run", 1000.0 * float(np.sum(anon_s)) / max(1, faces), faces, None,

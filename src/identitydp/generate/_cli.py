@@ -1,4 +1,7 @@
-"""``identitydp train``: train the IdentityDP generator (see :mod:`identitydp.generate.train`)."""
+"""``identitydp train``: train the v2 IdentityDP renderer (see :mod:`identitydp.training.inpaint`).
+
+The v1 (AEI-Net) trainer stays available as ``python -m identitydp.generate.train``.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +9,20 @@ import argparse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    # The option list lives with the trainer; importing it pulls in torch, so only the parser
-    # skeleton is built here and the trainer's options are added from a light module.
-    from . import train_options
+    # Only the light options module is imported here: `identitydp --help` must not load torch.
+    from ..training import options
 
     parser = subparsers.add_parser(
         "train",
-        help="train the IdentityDP generator on the pre-aligned bundle",
-        description="Train the attribute encoder + AAD generator (DESIGN.md §3) for a wall-time budget.",
+        help="train the IdentityDP renderer (v2, inpainting) on the pre-aligned bundle",
+        description="Train the v2 inpainting renderer (docs/generator_card.md) for a wall-time budget; "
+        "SIGINT/SIGTERM stop it cleanly after writing its checkpoints.",
     )
-    train_options.add_arguments(parser)
+    options.add_arguments(parser)
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .train import run_from_args
+    from ..training.inpaint import run_from_args
 
     return run_from_args(args)

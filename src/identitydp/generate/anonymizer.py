@@ -1,6 +1,17 @@
 """IdentityDP: replace each face by the generator's rendering of a differentially private identity.
 
-Per face: align to the generator's crop (same template margin as training), embed with dlib (its
+Two renderers can be loaded (told apart by the exported file's ``format``):
+
+* **v2** (:mod:`identitydp.generate.inpaint`): per face, align to the renderer's crop, predict the
+  68 landmarks, erase the inner face (landmark hull + forehead), and let the renderer repaint it
+  from the context, the landmark sketch, the coarse colour and the noisy identity only; paste
+  the composite back with the feathered, face-shaped mask (no rectangle), clipped to the detector
+  box enlarged by :data:`PASTE_REGION` per side. No mirror fusion and no geometry warp: the
+  renderer draws the geometry it is given. Video: one identity *and* one texture-noise seed per
+  track, so the face does not flicker.
+* **v1** (AEI-Net, :mod:`identitydp.generate.networks`), described below.
+
+v1, per face: align to the generator's crop (same template margin as training), embed with dlib (its
 150-px chip cut from the frame), centre by the generator's training mean, perturb with the chosen
 mechanism on the centred unit sphere (:mod:`identitydp.privacy`), render the noisy identity on the
 crop's attributes, put the rendering back on the original face's geometry (a piecewise-affine warp
@@ -14,6 +25,7 @@ The guarantee covers the identity channel only (DESIGN.md §2, "Honest scope").
 from __future__ import annotations
 
 import logging
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +111,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         from ..models.dlib_resnet import DlibEncoder
         from ..models.registry import weight_path
         from ..privacy import Projection, ReproducibleRNG, UnitSphere, make_mechanism
-        from .train import load_generator
+        from .checkpoint import EXPORT_FORMAT_V2, load_generator
 
         self.epsilon = float(epsilon)
         self.mechanism_name = mechanism
@@ -123,6 +135,23 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self.mask = face_mask(self.size, self.margin)
         self.dlib = DlibEncoder.load(device=self.device)
         self.color_match = color_match
+        self.inpainting = self.meta.get("format") == EXPORT_FORMAT_V2
+        # Video: track id -> (1, 128) released identity, reused on every frame of the track.
+        self._tracks: dict[int, np.ndarray] = {}
+        # v2 video: track id -> seed of the renderer's texture noise (same texture every frame).
+        self._track_noise: dict[int, int] = {}
+        # Seeded runs reproduce the texture too; otherwise it is fresh every call.
+        self._texture_rng = np.random.default_rng(seed) if seed is not None else None
+        if self.inpainting:
+            from ..models.landmarks68 import Landmarks68, crop_face_box
+
+            # The v2 renderer needs no fusion or warp; both options are ignored (describe() says so).
+            self.mirror_fusion = False
+            self.geometry = False
+            self.geometry_strength = 0.0
+            self.landmarks68 = Landmarks68()
+            self._lm_box = crop_face_box(self.size, self.margin)
+            return
         self.geometry = bool(geometry)
         self.geometry_strength = float(geometry_strength)
         if not 0.0 <= self.geometry_strength <= 1.0:
@@ -141,8 +170,6 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             self.landmarks68 = Landmarks68()
             self._lm_box = crop_face_box(self.size, self.margin)
             self._template_iod = float(np.linalg.norm(tpl[1] - tpl[0]))
-        # Video: track id -> (1, 128) released identity, reused on every frame of the track.
-        self._tracks: dict[int, np.ndarray] = {}
 
     def describe(self) -> dict:
         return {
@@ -156,6 +183,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             "geometry_strength": self.geometry_strength,
             "mirror_fusion": self.mirror_fusion,
             "generator": self.weights.name,
+            "renderer": "v2-inpainting" if self.inpainting else "v1-aei",
         }
 
     def _identities(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -190,6 +218,41 @@ class IdentityDPAnonymizer(FaceAnonymizer):
                 w = torch.from_numpy(self._left_weight).to(y.device).view(1, 1, 1, -1)
                 y = w * y[:n] + (1 - w) * y[n:].flip(3)
         return ((y + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+
+    def inpaint(self, crop: np.ndarray, identity: np.ndarray, noise_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """v2: repaint the inner face of one aligned crop with a new identity.
+
+        Args:
+            crop: (S, S, 3) uint8 aligned crop (the renderer's template and margin).
+            identity: (128,) or (1, 128) unit identity (the DP release).
+            noise_seed: seed of the renderer's texture noise (video: one per track); None draws
+                a fresh one. This noise is not a privacy mechanism, only texture.
+
+        Returns:
+            ((S, S, 3) uint8 composite crop, (S, S) float32 paste mask in [0, 1]).
+        """
+        import torch
+
+        from .inpaint import inner_face_mask, landmark_sketch
+
+        if not self.inpainting:
+            raise RuntimeError("inpaint() needs a v2 renderer")
+        lm68 = self.landmarks68.predict(crop, self._lm_box)
+        mask = inner_face_mask(lm68, self.size)
+        sketch = landmark_sketch(lm68, self.size)
+        x = torch.from_numpy(np.ascontiguousarray(crop)).to(self.device).permute(2, 0, 1)[None].float() / 127.5 - 1
+        m = torch.from_numpy(mask).to(self.device)[None, None]
+        sk = torch.from_numpy(sketch).to(self.device)[None]
+        z = torch.from_numpy(np.asarray(identity, np.float32).reshape(1, -1)).to(self.device)
+        gen = torch.Generator(device=self.device)
+        if noise_seed is None:
+            gen.seed()
+        else:
+            gen.manual_seed(int(noise_seed))
+        with torch.inference_mode():
+            y = self.model(x, m, sk, z, gen)[0].float()
+        out = ((y[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+        return out, mask
 
     def match_geometry(self, generated: np.ndarray, original: np.ndarray) -> np.ndarray:
         """Warp a generated crop so its 68 landmarks land on the original crop's.
@@ -228,6 +291,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
 
     def end_track(self, track_id: int) -> None:
         self._tracks.pop(track_id, None)
+        self._track_noise.pop(track_id, None)
 
     def _anonymize(self, image: np.ndarray, faces: Detections, track_ids: list) -> FrameResult:
         from ..align import align_face
@@ -255,11 +319,20 @@ class IdentityDPAnonymizer(FaceAnonymizer):
                     privacy["seeded"] = self.seed is not None
                     if track is not None:
                         self._tracks[track] = noisy
-                face = self.render(aligned.crop[None], noisy)[0]
-                if self.geometry:
-                    face = self.match_geometry(face, aligned.crop)
-                out = paste_face(out, face, aligned.inverse, self.mask, color_match=self.color_match,
-                                 original_crop=aligned.crop, region=enlarged_box(faces.boxes[i], PASTE_REGION))
+                region = enlarged_box(faces.boxes[i], PASTE_REGION)
+                if self.inpainting:
+                    seed = None if self._texture_rng is None else int(self._texture_rng.integers(2**62))
+                    if track is not None:
+                        seed = self._track_noise.setdefault(track, secrets.randbits(62) if seed is None else seed)
+                    face, mask = self.inpaint(aligned.crop, noisy, noise_seed=seed)
+                    out = paste_face(out, face, aligned.inverse, mask, color_match=self.color_match,
+                                     original_crop=aligned.crop, region=region)
+                else:
+                    face = self.render(aligned.crop[None], noisy)[0]
+                    if self.geometry:
+                        face = self.match_geometry(face, aligned.crop)
+                    out = paste_face(out, face, aligned.inverse, self.mask, color_match=self.color_match,
+                                     original_crop=aligned.crop, region=region)
                 outcomes.append(FaceOutcome(index=i, privacy=privacy))
             except Exception as exc:  # noqa: BLE001 - any failure on a face must hide that face (fail closed)
                 log.warning("identitydp could not anonymize face %d (%s); masking it", i, exc)

@@ -29,7 +29,9 @@ class FaceBundle:
     Attributes:
         images: (N, S, S, 3) uint8 RGB crops.
         landmarks: (N, 5, 2) float32 crop pixels at size S.
-        source: (N,) int8, 0 = UTKFace, 1 = CelebA.
+        landmarks68: (N, 68, 2) float32 dlib 68-point landmarks in crop pixels at size S (pixel
+            centres at +0.5), or None for bundles built before they were added.
+        source: (N,) int8, 0 = UTKFace, 1 = CelebA, 2 = CelebA 256-px crops.
         identity: (N,) int64, CelebA identity, −1 for UTKFace.
         heldout: (N,) bool, quick-evaluation faces (excluded from training batches).
         names: file names, for reports.
@@ -45,6 +47,7 @@ class FaceBundle:
     size: int
     margin: float
     meta: dict
+    landmarks68: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -101,6 +104,9 @@ def load_bundle(path: str | Path, size: int | None = None, device: str | torch.d
     images = torch.from_numpy(np.ascontiguousarray(np.stack(crops)))
     src_size = int(meta["size"])
     landmarks = torch.from_numpy(arrays["landmarks"][idx].astype(np.float32))
+    landmarks68 = None
+    if "landmarks68" in arrays:
+        landmarks68 = torch.from_numpy(arrays["landmarks68"][idx].astype(np.float32))
     size = size or src_size
     if size != src_size:
         chunks = []
@@ -111,6 +117,9 @@ def load_bundle(path: str | Path, size: int | None = None, device: str | torch.d
         images = torch.cat(chunks)
         # Pixel centres sit at integer coordinates (cv2 convention).
         landmarks = (landmarks + 0.5) * (size / src_size) - 0.5
+        if landmarks68 is not None:
+            # These already put pixel centres at +0.5: a plain scale.
+            landmarks68 = landmarks68 * (size / src_size)
     return FaceBundle(
         images=images.to(device),
         landmarks=landmarks.to(device),
@@ -121,6 +130,7 @@ def load_bundle(path: str | Path, size: int | None = None, device: str | torch.d
         size=size,
         margin=float(meta["margin"]),
         meta=meta,
+        landmarks68=None if landmarks68 is None else landmarks68.to(device),
     )
 
 

@@ -54,12 +54,11 @@ from .identity import (
     resample,
     warp_theta,
 )
+from .checkpoint import EXPORT_FORMAT, export_generator, load_generator  # noqa: F401 (re-exported)
 from .networks import FaceGenerator, MultiScalePatchDiscriminator, NetConfig, count_params
 from .train_options import TrainConfig, add_arguments, config_from_args
 
 log = logging.getLogger("identitydp.train")
-
-EXPORT_FORMAT = "identitydp-generator-v1"
 
 
 class Trainer:
@@ -639,45 +638,6 @@ def _match_param_strides(opt: torch.optim.Optimizer) -> None:
                 v = state.get(name)
                 if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
                     state[name] = torch.empty_like(p).copy_(v)
-
-
-def export_generator(model: FaceGenerator, id_mean: torch.Tensor, path: str | Path, meta: dict) -> None:
-    """Write the shippable generator: fp16 weights of the attribute encoder + AAD generator, the
-    fp32 identity mean (128,) it was trained with, and its config/margin in the metadata."""
-    from safetensors.torch import save_file
-
-    tensors = {k: (v.half() if v.is_floating_point() else v).detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    tensors["id_mean"] = id_mean.float().cpu().contiguous()
-    info = {k: str(v) for k, v in meta.items()}
-    info["format"] = EXPORT_FORMAT
-    info["net"] = json.dumps(model.cfg.to_dict())
-    path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata=info)
-    os.replace(tmp, path)
-
-
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[FaceGenerator, torch.Tensor, dict]:
-    """Load an exported generator in fp32, eval mode.
-
-    Returns:
-        (model, identity mean (128,) float32, metadata dict incl. ``margin`` and ``net``).
-
-    Raises:
-        ValueError: the file is not an exported identitydp generator.
-    """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    with safe_open(str(path), "pt") as fh:
-        meta = dict(fh.metadata() or {})
-    if meta.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{path} is not an {EXPORT_FORMAT} file (format {meta.get('format')!r})")
-    tensors = load_file(str(path), device=str(device))
-    id_mean = tensors.pop("id_mean").float()
-    model = FaceGenerator(NetConfig(**json.loads(meta["net"])))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
-    return model.to(device).eval().requires_grad_(False), id_mean, meta
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -148,6 +148,30 @@ class DlibEncoder(nn.Module):
             out = block(out)
         return self.fc(out.mean(dim=(2, 3)))
 
+    #: Blocks whose outputs :meth:`forward_features` returns (35, 18 and 9 px maps at 150 px).
+    FEATURE_BLOCKS = ("conv32_3", "conv64_3", "conv128_2")
+
+    def forward_features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Descriptor and intermediate maps in one pass (a face-aware perceptual space).
+
+        Args:
+            x: (N, 3, 150, 150) float RGB in 0..255.
+
+        Returns:
+            ((N, 128) raw descriptors, [(N, 32, 35, 35), (N, 64, 18, 18), (N, 128, 9, 9)]).
+        """
+        if x.ndim != 4 or x.shape[1] != 3 or x.shape[2:] != (INPUT_SIZE, INPUT_SIZE):
+            raise ValueError(f"expected (N, 3, {INPUT_SIZE}, {INPUT_SIZE}) RGB, got {tuple(x.shape)}")
+        out = (x - self.mean_rgb) / INPUT_DIVISOR
+        out = F.relu(self.conv32_down(out))
+        out = F.max_pool2d(out, 3, 2)
+        feats = []
+        for name, block in self.blocks.items():
+            out = block(out)
+            if name in self.FEATURE_BLOCKS:
+                feats.append(out)
+        return self.fc(out.mean(dim=(2, 3))), feats
+
     @classmethod
     def load(cls, device: str | torch.device = "cpu", trainable: bool = False) -> "DlibEncoder":
         """Build the network with the registered weights (checksum verified).

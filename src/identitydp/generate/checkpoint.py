@@ -1,0 +1,80 @@
+"""Exported generators: write and read the shippable safetensors files (no training code here).
+
+Two formats, told apart by the ``format`` metadata key:
+
+* ``identitydp-generator-v1``: attribute encoder + AAD generator
+  (:class:`identitydp.generate.networks.FaceGenerator`);
+* ``identitydp-generator-v2``: the inpainting renderer
+  (:class:`identitydp.generate.inpaint.InpaintGenerator`), which never sees the inner face.
+
+Each file holds fp16 weights, the fp32 identity mean (128,) the generator was trained with
+(identities are centred by it), and in its metadata the network config (``net``, JSON) and the
+alignment ``margin``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+EXPORT_FORMAT = "identitydp-generator-v1"
+EXPORT_FORMAT_V2 = "identitydp-generator-v2"
+
+
+def export_generator(model: nn.Module, id_mean: torch.Tensor, path: str | Path, meta: dict) -> None:
+    """Write a shippable generator (v1 :class:`FaceGenerator` or v2 :class:`InpaintGenerator`):
+    fp16 weights, the fp32 identity mean, its config and ``meta`` (must hold ``margin``) as metadata."""
+    from safetensors.torch import save_file
+
+    from .inpaint import InpaintGenerator
+
+    tensors = {k: (v.half() if v.is_floating_point() else v).detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors["id_mean"] = id_mean.float().cpu().contiguous()
+    info = {k: str(v) for k, v in meta.items()}
+    info["format"] = EXPORT_FORMAT_V2 if isinstance(model, InpaintGenerator) else EXPORT_FORMAT
+    info["net"] = json.dumps(model.cfg.to_dict())
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=info)
+    os.replace(tmp, path)
+
+
+def read_metadata(path: str | Path) -> dict:
+    """The metadata of a safetensors file (empty dict when it has none)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        return dict(fh.metadata() or {})
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, torch.Tensor, dict]:
+    """Load an exported generator (v1 or v2) in fp32, eval mode, frozen.
+
+    Returns:
+        (model, identity mean (128,) float32, metadata dict incl. ``margin``, ``net``, ``format``).
+
+    Raises:
+        ValueError: the file is not an exported identitydp generator.
+    """
+    from safetensors.torch import load_file
+
+    meta = read_metadata(path)
+    fmt = meta.get("format")
+    if fmt == EXPORT_FORMAT:
+        from .networks import FaceGenerator, NetConfig
+
+        model: nn.Module = FaceGenerator(NetConfig(**json.loads(meta["net"])))
+    elif fmt == EXPORT_FORMAT_V2:
+        from .inpaint import InpaintConfig, InpaintGenerator
+
+        model = InpaintGenerator(InpaintConfig(**json.loads(meta["net"])))
+    else:
+        raise ValueError(f"{path} is not an exported identitydp generator (format {fmt!r})")
+    tensors = load_file(str(path), device=str(device))
+    id_mean = tensors.pop("id_mean").float()
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    return model.to(device).eval().requires_grad_(False), id_mean, meta

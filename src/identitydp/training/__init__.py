@@ -1,0 +1,1 @@
+"""Training code for the IdentityDP renderer. Inference never imports this package."""

@@ -1,0 +1,627 @@
+"""Train the v2 IdentityDP renderer (:mod:`identitydp.generate.inpaint`) against a masked PatchGAN.
+
+Usage (from the repository root)::
+
+    identitydp train --bundle .data/v2_128.npz --minutes 60 --out runs/v2-cpu       # this CPU
+    scripts/train_gpu.sh OUT 9                                                     # a GPU window
+
+Per step, on a batch of training faces (never LFW): the inner face (landmark hull + forehead) is
+erased, the renderer repaints it from the context, the landmark sketch, the coarse colour and an
+identity vector, and the composite is judged. The identity source of each face is, at random:
+its own identity (``self``: the only case with a pixel target), another photo of the same CelebA
+person (``pair``: pixel target at half weight, the identity of a different photo), another face
+(``swap``), or its own identity with Laplace-shaped noise of random strength (``noisy``: what the
+DP mechanisms produce).
+
+Losses (weights in :class:`~identitydp.training.options.InpaintTrainConfig`):
+
+* ``l1``: mean absolute error inside the mask (self / pair);
+* ``perc``: L1 between the dlib recognizer's intermediate maps of output and target chips
+  (a face-aware perceptual loss; self / pair);
+* ``id``: ``1 − cos`` between the centred dlib descriptor of a jittered, degraded copy of the
+  output and the source identity (every sample); one recognizer pass serves ``perc`` and ``id``;
+* ``adv``: hinge loss of a two-scale PatchGAN that sees the composite and the mask.
+
+Only the dlib port is in the loss. MobileFace and FaceRes never see a training gradient, so both
+stay independent judges for the evaluation (``identitydp eval``).
+
+Run folder (``--out``), at most 8 files so that it can come back from a remote machine:
+``config.json``, ``log.jsonl``, ``samples_*.png`` (last ``--keep-samples``; rows: target | input
+the renderer sees | self | swap | noisy), ``ckpt_fp16.safetensors`` (G, EMA G and D in fp16: what
+the next run needs to continue, ``--init``), ``generator_fp16.safetensors`` (the shippable EMA
+renderer). ``--full-ckpt`` (default ``OUT/ckpt_full.safetensors``) holds fp32 weights + Adam
+state for exact resumption (``--resume``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..generate.checkpoint import export_generator, load_generator
+from ..generate.data import FaceBundle, PairIndex, load_bundle, to_model, to_pixels
+from ..generate.identity import (
+    CHIP_SIZE,
+    centre,
+    crop_to_chip_matrices,
+    crop_to_template_matrices,
+    degrade,
+    jitter_theta,
+    laplace_sphere_noise,
+    resample,
+    warp_theta,
+)
+from ..generate.inpaint import InpaintConfig, InpaintGenerator, MaskedPatchDiscriminator, inner_face_mask, landmark_sketch
+from .options import InpaintTrainConfig, add_arguments, config_from_args
+
+log = logging.getLogger("identitydp.training")
+
+
+def count_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def _render_conditions(lm68: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(68, 2) landmarks → (mask (1, S, S) uint8, sketch (5, S, S) uint8)."""
+    mask = inner_face_mask(lm68, size)
+    sketch = landmark_sketch(lm68, size)
+    return (mask[None] * 255 + 0.5).astype(np.uint8), (sketch * 255 + 0.5).astype(np.uint8)
+
+
+def precompute_conditions(landmarks68: np.ndarray, size: int, threads: int = 2,
+                          cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Masks (N, 1, S, S) and sketches (N, 5, S, S), uint8, of every bundle face (cached on disk)."""
+    n = len(landmarks68)
+    if cache is not None and cache.is_file():
+        with np.load(cache, allow_pickle=False) as z:
+            if z["mask"].shape == (n, 1, size, size):
+                return z["mask"], z["sketch"]
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        parts = list(pool.map(lambda lm: _render_conditions(lm, size), landmarks68))
+    masks = np.stack([p[0] for p in parts])
+    sketches = np.stack([p[1] for p in parts])
+    if cache is not None:
+        try:
+            tmp = cache.with_suffix(".tmp.npz")
+            np.savez(tmp, mask=masks, sketch=sketches)
+            os.replace(tmp, cache)
+        except OSError as exc:
+            log.warning("cannot cache the conditioning maps at %s: %s", cache, exc)
+    return masks, sketches
+
+
+class InpaintTrainer:
+    """One training run of the v2 renderer. Build with an :class:`InpaintTrainConfig`, then :meth:`run`."""
+
+    LOSS_NAMES = ("d", "adv", "l1", "perc", "id", "g")
+
+    def __init__(self, cfg: InpaintTrainConfig, start_time: float | None = None,
+                 echo: Callable[[str], None] | None = None) -> None:
+        self.start_time = start_time or time.time()
+        self.echo = echo
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(cfg.seed)
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(cfg.seed)
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.full_ckpt = Path(cfg.full_ckpt) if cfg.full_ckpt else self.out / "ckpt_full.safetensors"
+        self._log_file = open(self.out / "log.jsonl", "a")
+        self.memory_format = torch.channels_last
+
+        t0 = time.time()
+        threads = max(1, os.cpu_count() or 2)
+        self.data: FaceBundle = load_bundle(cfg.bundle, size=cfg.size, device=self.device, limit=cfg.limit, threads=threads)
+        if self.data.landmarks68 is None:
+            raise ValueError(f"{cfg.bundle} has no 68-point landmarks: rebuild it with scripts/build_train_bundle.py")
+        cache = None if cfg.limit else Path(str(cfg.bundle) + f".cond{self.data.size}.npz")
+        masks, sketches = precompute_conditions(self.data.landmarks68.cpu().numpy(), self.data.size, threads, cache)
+        self.masks = torch.from_numpy(masks).to(self.device)
+        self.sketches = torch.from_numpy(sketches).to(self.device)
+        self.event("data", faces=len(self.data), heldout=int(self.data.heldout.sum()), size=self.data.size,
+                   margin=self.data.margin, seconds=round(time.time() - t0, 1),
+                   mask_area=round(float(self.masks.float().mean() / 255), 3))
+        self.train_idx = torch.nonzero(~self.data.heldout).squeeze(1)
+        held = torch.nonzero(self.data.heldout).squeeze(1)
+        pick = torch.linspace(0, len(held) - 1, min(cfg.eval_faces, len(held))).round().long().to(held.device)
+        self.eval_idx = held[pick]
+        self.pairs = PairIndex(self.data.identity, ~self.data.heldout)
+
+        from ..models.dlib_resnet import DlibEncoder
+
+        self.dlib = DlibEncoder.load(device=self.device).to(memory_format=self.memory_format)
+        lms = self.data.landmarks.cpu().numpy()
+        self.chip_theta = torch.from_numpy(warp_theta(crop_to_chip_matrices(lms), self.data.size, CHIP_SIZE)).to(self.device)
+        t0 = time.time()
+        raw = self._embed_bundle()
+        self.id_mean = raw[~self.data.heldout].mean(0)
+        self.z = centre(raw, self.id_mean)
+        self.event("embeddings", seconds=round(time.time() - t0, 1))
+
+        self.net_cfg = InpaintConfig(size=cfg.size, **cfg.net)
+        self.G = InpaintGenerator(self.net_cfg).to(self.device, memory_format=self.memory_format)
+        self.D = MaskedPatchDiscriminator(self.net_cfg).to(self.device, memory_format=self.memory_format)
+        self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
+        fused = {"fused": True} if self.cuda else {}
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas), **fused)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=tuple(cfg.betas), **fused)
+        self.step = 0
+        self.images_seen = 0
+        self.train_seconds = 0.0
+        self._last_eval: dict = {}
+        self._last_eval_outputs = None
+        self.judge = self._load_judge()
+        if cfg.resume:
+            self.load_full(cfg.resume)
+        elif cfg.init:
+            self.load_weights(cfg.init)
+        self.G_run, self.D_run = self.G, self.D
+        if cfg.compile:
+            self.G_run, self.D_run = torch.compile(self.G), torch.compile(self.D)
+        self.event("model", g_params=count_params(self.G), d_params=count_params(self.D),
+                   net=self.net_cfg.to_dict(), judge=self.judge is not None)
+        self._write_config()
+
+    # ------------------------------------------------------------------ logging
+    def event(self, kind: str, **fields) -> None:
+        record = {"event": kind, "t": round(time.time() - self.start_time, 2), **fields}
+        self._log_file.write(json.dumps(record) + "\n")
+        self._log_file.flush()
+        if self.echo is not None:
+            self.echo(json.dumps(record))
+
+    def _write_config(self) -> None:
+        resolved = asdict(self.cfg)
+        resolved["net"] = self.net_cfg.to_dict()
+        resolved["margin"] = self.data.margin
+        resolved["torch"] = torch.__version__
+        resolved["device_name"] = torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
+        resolved["threads"] = torch.get_num_threads()
+        resolved["bundle_meta"] = self.data.meta
+        (self.out / "config.json").write_text(json.dumps(resolved, indent=2))
+
+    def _autocast(self):
+        on = self.cfg.amp == "bf16" or (self.cfg.amp == "auto" and self.cuda)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
+
+    # ------------------------------------------------------------------ identity
+    @torch.no_grad()
+    def _embed_bundle(self) -> torch.Tensor:
+        """Raw dlib descriptors (N, 128) of every bundle crop, from its chip (cached on disk)."""
+        n = len(self.data)
+        cache = Path(str(self.cfg.bundle) + f".dlib{self.data.size}.npy")
+        if cache.is_file() and not self.cfg.limit:
+            arr = np.load(cache, allow_pickle=False)
+            if arr.shape == (n, 128):
+                return torch.from_numpy(arr).float().to(self.device)
+        out = []
+        bs = 512 if self.cuda else 64
+        for s in range(0, n, bs):
+            x = to_pixels(to_model(self.data.images[s : s + bs]))
+            chips = resample(x, self.chip_theta[s : s + bs], CHIP_SIZE).contiguous(memory_format=self.memory_format)
+            with self._autocast():
+                out.append(self.dlib(chips).float())
+        raw = torch.cat(out)
+        if not self.cfg.limit:
+            try:
+                np.save(cache, raw.cpu().numpy())
+            except OSError as exc:
+                log.warning("cannot cache embeddings at %s: %s", cache, exc)
+        return raw
+
+    def _load_judge(self):
+        """MobileFace (never in the loss) as (net, theta of the eval faces, size); None if absent."""
+        if not self.cfg.judge:
+            return None
+        from ..models import judges
+
+        try:
+            net = judges.MobileFace.load(device=self.device)
+        except (OSError, ValueError, RuntimeError) as exc:
+            self.event("judge_missing", reason=f"{type(exc).__name__}: {exc}")
+            return None
+        lms = self.data.landmarks[self.eval_idx].cpu().numpy()
+        size = judges.MOBILEFACE_SIZE
+        theta = warp_theta(crop_to_template_matrices(lms, np.asarray(judges.MOBILEFACE_TEMPLATE)), self.data.size, size)
+        return net, torch.from_numpy(theta).to(self.device), size
+
+    def _judge_embed(self, images: torch.Tensor) -> torch.Tensor:
+        net, theta, size = self.judge
+        x = resample(to_pixels(images), theta[: images.shape[0]], size)
+        return F.normalize(net(x).float(), dim=1)
+
+    # ------------------------------------------------------------------ batches
+    def _conditions(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.masks[idx].float() / 255.0, self.sketches[idx].float() / 255.0
+
+    def _batch(self) -> dict:
+        c = self.cfg
+        b = c.batch
+        dev = self.device
+        idx = self.train_idx[torch.randint(len(self.train_idx), (b,), device=dev, generator=self.gen)]
+        x = to_model(self.data.images[idx])
+        mask, sketch = self._conditions(idx)
+        theta = self.chip_theta[idx]
+        flip = torch.rand(b, device=dev, generator=self.gen) < 0.5
+        fl = flip[:, None, None, None]
+        x, mask, sketch = (torch.where(fl, t.flip(3), t) for t in (x, mask, sketch))
+        theta = torch.where(flip[:, None, None], _flip_theta(theta), theta)
+        jit = torch.rand(b, 2, device=dev, generator=self.gen) * 2 - 1
+        x = (x * (1 + 0.1 * jit[:, :1, None, None]) + 0.1 * jit[:, 1:, None, None]).clamp(-1, 1)
+
+        u = torch.rand(b, device=dev, generator=self.gen)
+        total = c.p_self + c.p_pair + c.p_swap + c.p_noisy
+        t1 = c.p_self / total
+        t2 = (c.p_self + c.p_pair) / total
+        t3 = (c.p_self + c.p_pair + c.p_swap) / total
+        selfm, pair_req = u < t1, (u >= t1) & (u < t2)
+        swap, noisy = (u >= t2) & (u < t3), u >= t3
+        partner = self.pairs.partner(idx, self.gen)
+        pair = pair_req & (partner != idx)
+        selfm = selfm | (pair_req & ~pair)  # no second photo of this person: reconstruct itself
+        other = self.train_idx[torch.randint(len(self.train_idx), (b,), device=dev, generator=self.gen)]
+        z_self = self.z[idx]
+        z_noisy, _ = laplace_sphere_noise(z_self, self.gen)
+        z = torch.where(swap[:, None], self.z[other], z_self)
+        z = torch.where(pair[:, None], self.z[partner], z)
+        z = torch.where(noisy[:, None], z_noisy, z)
+        rec_w = selfm.float() + 0.5 * pair.float()
+        cf = self.memory_format
+        return {"x": x.contiguous(memory_format=cf), "mask": mask.contiguous(memory_format=cf),
+                "sketch": sketch.contiguous(memory_format=cf), "theta": theta, "z": z, "rec_w": rec_w}
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self) -> dict:
+        """One discriminator and one generator update on a fresh batch; returns the losses."""
+        c = self.cfg
+        bt = self._batch()
+        x, m, z, w = bt["x"], bt["mask"], bt["z"], bt["rec_w"]
+        self.G.train()
+        with self._autocast():
+            y, raw = self.G_run(x, m, bt["sketch"], z, self.gen)
+        # --- discriminator
+        self.opt_d.zero_grad(set_to_none=True)
+        with self._autocast():
+            real = self.D_run(x, m)
+            fake = self.D_run(y.detach(), m)
+            loss_d = sum(F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real, fake)) / len(real)
+        loss_d.backward()
+        self.opt_d.step()
+        # --- generator
+        self.opt_g.zero_grad(set_to_none=True)
+        with self._autocast():
+            adv = -sum(f.mean() for f in self.D_run(y, m)) / len(real)
+            area = m.sum((1, 2, 3)).clamp_min(1.0)
+            l1 = ((y.float() - x.float()).abs().mean(1, keepdim=True) * m).sum((1, 2, 3)) / area
+            wsum = w.sum().clamp_min(1.0)
+            l1 = (l1 * w).sum() / wsum
+            # One recognizer pass on the output serves the identity and the perceptual loss; the
+            # target goes through the same jittered warp and the same degradation.
+            theta = jitter_theta(bt["theta"], self.gen)
+            chips = degrade(torch.cat([resample(to_pixels(y), theta, CHIP_SIZE),
+                                       resample(to_pixels(x), theta, CHIP_SIZE)], 1), self.gen)
+            chip_y, chip_x = chips[:, :3], chips[:, 3:]
+            raw_id, feats_y = self.dlib.forward_features(chip_y.contiguous(memory_format=self.memory_format))
+            zid = centre(raw_id, self.id_mean)
+            idl = (1 - (zid * z).sum(1)).mean()
+            rec_rows = w > 0
+            if bool(rec_rows.any()):
+                with torch.no_grad():
+                    _, feats_x = self.dlib.forward_features(chip_x[rec_rows].contiguous(memory_format=self.memory_format))
+                ww = w[rec_rows]
+                perc = sum(((fy[rec_rows].float() - fx.float()).abs().mean((1, 2, 3)) * ww).sum() / ww.sum()
+                           for fy, fx in zip(feats_y, feats_x)) / len(feats_x)
+            else:
+                perc = torch.zeros((), device=self.device)
+            loss_g = c.w_adv * adv + c.w_l1 * l1 + c.w_perc * perc + c.w_id * idl
+        loss_g.backward()
+        self.opt_g.step()
+        self._update_ema()
+        self.step += 1
+        self.images_seen += x.shape[0]
+        return {"d": loss_d, "adv": adv, "l1": l1, "perc": perc, "id": idl, "g": loss_g}
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = min(self.cfg.ema, (1 + self.step) / (10 + self.step))
+        for pe, p in zip(self.G_ema.parameters(), self.G.parameters()):
+            pe.lerp_(p.detach(), 1 - decay)
+        for be, b in zip(self.G_ema.buffers(), self.G.buffers()):
+            be.copy_(b)
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Held-out check of the EMA renderer: cosines of outputs to the source and the original
+        identity for dlib (in the loss) and MobileFace (never in the loss: the number to watch),
+        on self-reconstructions, swaps and noisy identities; masked L1 of the self-reconstruction."""
+        idx = self.eval_idx
+        n = len(idx)
+        x = to_model(self.data.images[idx]).contiguous(memory_format=self.memory_format)
+        m, sk = self._conditions(idx)
+        z_t = self.z[idx]
+        perm = torch.roll(torch.arange(n, device=self.device), n // 2)
+        g = torch.Generator(device=self.device)
+        g.manual_seed(1234)
+        z_n, _ = laplace_sphere_noise(z_t, g, ratio_range=(3.0, 3.0))
+        outs = {}
+        for name, zz in (("self", z_t), ("swap", z_t[perm]), ("noisy", z_n)):
+            ys = []
+            for s in range(0, n, 32):
+                gg = torch.Generator(device=self.device)
+                gg.manual_seed(99 + s)
+                with self._autocast():
+                    ys.append(self.G_ema(x[s : s + 32], m[s : s + 32], sk[s : s + 32], zz[s : s + 32], gg)[0].float())
+            outs[name] = torch.cat(ys)
+        res: dict = {"step": self.step, "images_seen": self.images_seen}
+        theta = self.chip_theta[idx]
+        for name, y in outs.items():
+            zid = centre(self.dlib(resample(to_pixels(y), theta, CHIP_SIZE)), self.id_mean)
+            res[f"dlib_{name}_to_original"] = float((zid * z_t).sum(1).mean())
+            if name == "swap":
+                res["dlib_swap_to_source"] = float((zid * z_t[perm]).sum(1).mean())
+        res["l1_self_masked"] = float(((outs["self"] - x).abs().mean(1, keepdim=True) * m).sum() / m.sum())
+        if self.judge is not None:
+            jt = self._judge_embed(x)
+            res["judge_random_pair"] = float((jt * jt[perm]).sum(1).mean())
+            for name, y in outs.items():
+                jy = self._judge_embed(y)
+                res[f"judge_{name}_to_original"] = float((jy * jt).sum(1).mean())
+                if name == "swap":
+                    res["judge_swap_to_source"] = float((jy * jt[perm]).sum(1).mean())
+        self.event("eval", **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in res.items()})
+        self._last_eval_outputs = (x, m, sk, perm, outs)
+        self._last_eval = res
+        return res
+
+    @torch.no_grad()
+    def write_samples(self, columns: int = 8) -> Path:
+        """PNG grid, rows: original | what the renderer sees | self | swap | noisy identity."""
+        from PIL import Image
+
+        if self._last_eval_outputs is None:
+            self.evaluate()
+        x, m, sk, perm, outs = self._last_eval_outputs
+        k = min(columns, len(x))
+        seen = x[:k] * (1 - m[:k]) + m[:k] * (sk[:k, :3] * 2 - 1).clamp(-1, 1)
+        rows = [x[:k], seen, outs["self"][:k], outs["swap"][:k], outs["noisy"][:k]]
+        grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)
+        img = to_pixels(grid).clamp(0, 255).round().byte().permute(1, 2, 0).cpu().numpy()
+        path = self.out / f"samples_{self.step:06d}.png"
+        Image.fromarray(img).save(path)
+        old = sorted(self.out.glob("samples_*.png"))
+        for p in old[: max(0, len(old) - self.cfg.keep_samples)]:
+            p.unlink()
+        return path
+
+    # ------------------------------------------------------------------ checkpoints
+    def _counters(self) -> dict:
+        return {"step": self.step, "images_seen": self.images_seen, "train_seconds": round(self.train_seconds, 1),
+                "net": json.dumps(self.net_cfg.to_dict()), "margin": self.data.margin}
+
+    def save_full(self) -> None:
+        """fp32 G, EMA G, D and both Adam states (exact resumption)."""
+        from safetensors.torch import save_file
+
+        tensors = {}
+        for prefix, module in (("G.", self.G), ("G_ema.", self.G_ema), ("D.", self.D)):
+            for k, v in module.state_dict().items():
+                tensors[prefix + k] = v.detach().contiguous().cpu()
+        for prefix, opt in (("opt_g.", self.opt_g), ("opt_d.", self.opt_d)):
+            for i, state in opt.state_dict()["state"].items():
+                for k, v in state.items():
+                    tensors[f"{prefix}{i}.{k}"] = torch.as_tensor(v).detach().contiguous().cpu()
+        tensors["id_mean"] = self.id_mean.float().cpu()
+        meta = {k: str(v) for k, v in self._counters().items()}
+        tmp = self.full_ckpt.with_suffix(".tmp")
+        self.full_ckpt.parent.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, self.full_ckpt)
+
+    def load_full(self, path: str | Path) -> None:
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path), device=str(self.device))
+        with safe_open(str(path), "pt") as fh:
+            meta = fh.metadata() or {}
+        for prefix, module in (("G.", self.G), ("G_ema.", self.G_ema), ("D.", self.D)):
+            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        for prefix, opt in (("opt_g.", self.opt_g), ("opt_d.", self.opt_d)):
+            sd = opt.state_dict()
+            state: dict = {}
+            for k, v in tensors.items():
+                if k.startswith(prefix):
+                    i, name = k[len(prefix):].split(".", 1)
+                    state.setdefault(int(i), {})[name] = v if name != "step" else v.cpu()
+            sd["state"] = state
+            opt.load_state_dict(sd)
+            _match_param_strides(opt)
+        self._set_id_mean(tensors["id_mean"])
+        self.step = int(meta.get("step", 0))
+        self.images_seen = int(meta.get("images_seen", 0))
+        self.train_seconds = float(meta.get("train_seconds", 0.0))
+        self.event("resumed", path=str(path), step=self.step)
+
+    def _set_id_mean(self, id_mean: torch.Tensor) -> None:
+        # Identities must be centred exactly as the weights were trained.
+        self.id_mean = id_mean.float().to(self.device)
+        self.z = centre(self._embed_bundle(), self.id_mean)
+
+    def load_weights(self, path: str | Path) -> None:
+        """Start from a ``ckpt_fp16.safetensors`` (G, EMA, D; fresh optimizers, counters kept) or
+        an exported v2 generator (G and EMA from it, fresh D)."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        with safe_open(str(path), "pt") as fh:
+            keys = set(fh.keys())
+            meta = fh.metadata() or {}
+        if not any(k.startswith("D.") for k in keys):
+            model, id_mean, _ = load_generator(path, device=self.device)
+            self.G.load_state_dict(model.state_dict())
+            self.G_ema.load_state_dict(model.state_dict())
+            self._set_id_mean(id_mean)
+            self.event("initialised", path=str(path), discriminator="fresh")
+            return
+        tensors = load_file(str(path), device=str(self.device))
+
+        def part(prefix: str) -> dict:
+            return {k[len(prefix):]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith(prefix)}
+
+        self.G.load_state_dict(part("G."))
+        self.D.load_state_dict(part("D."))
+        self.G_ema.load_state_dict(part("G_ema.") if any(k.startswith("G_ema.") for k in keys) else part("G."))
+        self._set_id_mean(tensors["id_mean"])
+        self.step = int(meta.get("step", 0))
+        self.images_seen = int(meta.get("images_seen", 0))
+        self.train_seconds = float(meta.get("train_seconds", 0.0))
+        self.event("initialised", path=str(path), step=self.step)
+
+    def save_compact(self) -> None:
+        """``ckpt_fp16.safetensors`` (G, EMA G, D in fp16) and ``generator_fp16.safetensors`` (EMA G)."""
+        from safetensors.torch import save_file
+
+        def half(sd: dict, prefix: str) -> dict:
+            return {prefix + k: (v.half() if v.is_floating_point() else v).detach().contiguous().cpu() for k, v in sd.items()}
+
+        meta = {k: str(v) for k, v in self._counters().items()}
+        tensors = {**half(self.G.state_dict(), "G."), **half(self.G_ema.state_dict(), "G_ema."), **half(self.D.state_dict(), "D.")}
+        tensors["id_mean"] = self.id_mean.float().cpu()
+        tmp = self.out / "ckpt_fp16.tmp"
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, self.out / "ckpt_fp16.safetensors")
+        export_generator(self.G_ema, self.id_mean, self.out / "generator_fp16.safetensors", {
+            **meta,
+            "device": torch.cuda.get_device_name(self.device) if self.cuda else "cpu",
+            "bundle": Path(self.cfg.bundle).name,
+        })
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> dict:
+        """Train until the wall-time budget (or ``max_steps``, or SIGTERM/SIGINT) ends; a stop
+        request finishes the step, writes the checkpoints and returns."""
+        import signal
+
+        c = self.cfg
+        stop = {"asked": False}
+
+        def _ask(signum, _frame):  # noqa: ANN001 - signal handler signature
+            stop["asked"] = True
+            self.event("stop_requested", signal=int(signum))
+
+        old = {s: signal.signal(s, _ask) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            return self._loop(stop)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def _loop(self, stop: dict) -> dict:
+        c = self.cfg
+        deadline = self.start_time + c.minutes * 60 - c.final_reserve_s
+        last = {k: time.time() for k in ("log", "eval", "sample", "ckpt")}
+        window_imgs, window_t = 0, time.time()
+        sums = torch.zeros(len(self.LOSS_NAMES), device=self.device)
+        nsum = 0
+        self.evaluate()
+        self.write_samples()
+        self.event("start", step=self.step, deadline_s=round(deadline - self.start_time, 1))
+        t_loop = time.time()
+        while time.time() < deadline and not stop["asked"] and (not c.max_steps or self.step < c.max_steps):
+            losses = self.train_step()
+            sums += torch.stack([losses[k].detach().float() for k in self.LOSS_NAMES])
+            nsum += 1
+            window_imgs += c.batch
+            now = time.time()
+            if now - last["log"] >= c.log_every_s:
+                means = (sums / nsum).tolist()
+                if not all(math.isfinite(v) for v in means):
+                    raise FloatingPointError(f"non-finite losses before step {self.step}: {dict(zip(self.LOSS_NAMES, means))}")
+                self.event("train", step=self.step, images_seen=self.images_seen,
+                           images_per_s=round(window_imgs / (now - window_t), 2),
+                           **{k: round(v, 4) for k, v in zip(self.LOSS_NAMES, means)})
+                sums.zero_()
+                nsum, window_imgs, window_t = 0, 0, now
+                last["log"] = now
+            if now - last["eval"] >= c.eval_every_s:
+                self.evaluate()
+                last["eval"] = time.time()
+            if now - last["sample"] >= c.sample_every_s:
+                self.write_samples()
+                last["sample"] = time.time()
+            if now - last["ckpt"] >= c.ckpt_every_s:
+                self.train_seconds += time.time() - t_loop
+                t_loop = time.time()
+                self.save_compact()
+                self.save_full()
+                last["ckpt"] = time.time()
+        self.train_seconds += time.time() - t_loop
+        final = self._last_eval if self._last_eval.get("step") == self.step else self.evaluate()
+        self.write_samples()
+        self.save_compact()
+        self.save_full()
+        self.event("done", step=self.step, images_seen=self.images_seen, train_seconds=round(self.train_seconds, 1),
+                   wall_s=round(time.time() - self.start_time, 1))
+        self._log_file.close()
+        return final
+
+
+def _flip_theta(theta: torch.Tensor) -> torch.Tensor:
+    """Warp of the mirrored crop to the mirrored chip: x_n → −x_n on both sides of the warp."""
+    flipped = theta.clone()
+    flipped[:, 0, 1] = -theta[:, 0, 1]
+    flipped[:, 1, 0] = -theta[:, 1, 0]
+    flipped[:, 0, 2] = -theta[:, 0, 2]
+    return flipped
+
+
+def _match_param_strides(opt: torch.optim.Optimizer) -> None:
+    """Give every Adam moment its parameter's memory format (fused Adam refuses a mismatch)."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
+                v = state.get(name)
+                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
+                    state[name] = torch.empty_like(p).copy_(v)
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    start = time.time()
+    cfg = config_from_args(args)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    InpaintTrainer(cfg, start_time=start, echo=lambda line: print(line, flush=True)).run()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m identitydp.training.inpaint", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

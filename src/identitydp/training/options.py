@@ -1,0 +1,90 @@
+"""Options of the v2 (inpainting) renderer's trainer, importable without torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass
+class InpaintTrainConfig:
+    """Every training option; the resolved values are written to ``config.json``."""
+
+    bundle: str = ".data/v2_128.npz"
+    out: str = "runs/v2"
+    device: str = "cpu"
+    size: int = 128
+    batch: int = 8
+    minutes: float = 10.0
+    max_steps: int = 0
+    lr_g: float = 5e-4
+    lr_d: float = 5e-4
+    betas: tuple[float, float] = (0.5, 0.99)
+    w_adv: float = 1.0
+    w_l1: float = 10.0
+    w_perc: float = 4.0
+    w_id: float = 5.0
+    amp: str = "auto"
+    p_self: float = 0.45
+    p_pair: float = 0.15
+    p_swap: float = 0.2
+    p_noisy: float = 0.2
+    ema: float = 0.998
+    seed: int = 0
+    threads: int = 0
+    limit: int = 0
+    eval_faces: int = 64
+    log_every_s: float = 30.0
+    eval_every_s: float = 600.0
+    sample_every_s: float = 600.0
+    ckpt_every_s: float = 300.0
+    keep_samples: int = 3
+    final_reserve_s: float = 25.0
+    full_ckpt: str = ""
+    resume: str = ""
+    init: str = ""
+    judge: str = "mobileface"
+    compile: bool = False
+    net: dict = field(default_factory=dict)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = InpaintTrainConfig()
+    parser.add_argument("--bundle", default=d.bundle, help="pre-aligned training bundle with 68-point landmarks (.npz)")
+    parser.add_argument("--out", default=d.out, help="run folder")
+    parser.add_argument("--device", default=d.device, help="cpu, cuda, cuda:0, ...")
+    parser.add_argument("--size", type=int, default=d.size, help="crop size (128 on a CPU, 256 on a GPU)")
+    parser.add_argument("--batch", type=int, default=d.batch)
+    parser.add_argument("--minutes", type=float, default=d.minutes, help="wall-time budget from start, incl. final writes")
+    parser.add_argument("--max-steps", type=int, default=d.max_steps, help="stop after this many steps (0: time only)")
+    parser.add_argument("--lr-g", type=float, default=d.lr_g)
+    parser.add_argument("--lr-d", type=float, default=d.lr_d)
+    for name in ("adv", "l1", "perc", "id"):
+        parser.add_argument(f"--w-{name}", type=float, default=getattr(d, f"w_{name}"), help=f"weight of the {name} loss")
+    parser.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "off"], help="bf16 autocast: auto = on CUDA only")
+    for name in ("self", "pair", "swap", "noisy"):
+        parser.add_argument(f"--p-{name}", type=float, default=getattr(d, f"p_{name}"), help=f"share of {name} identity sources")
+    parser.add_argument("--ema", type=float, default=d.ema)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--limit", type=int, default=d.limit, help="use only this many training faces (tests)")
+    parser.add_argument("--eval-faces", type=int, default=d.eval_faces)
+    parser.add_argument("--log-every-s", type=float, default=d.log_every_s)
+    parser.add_argument("--eval-every-s", type=float, default=d.eval_every_s)
+    parser.add_argument("--sample-every-s", type=float, default=d.sample_every_s)
+    parser.add_argument("--ckpt-every-s", type=float, default=d.ckpt_every_s)
+    parser.add_argument("--keep-samples", type=int, default=d.keep_samples)
+    parser.add_argument("--final-reserve-s", type=float, default=d.final_reserve_s)
+    parser.add_argument("--full-ckpt", default=d.full_ckpt, help="fp32+Adam checkpoint path (default OUT/ckpt_full.safetensors)")
+    parser.add_argument("--resume", default=d.resume, help="resume from a full checkpoint (exact: weights, Adam, counters)")
+    parser.add_argument("--init", default=d.init, help="start from a ckpt_fp16.safetensors (G, D, EMA; fresh Adam): chains GPU runs")
+    parser.add_argument("--judge", default=d.judge, help="independent judge for the quick evaluation ('' disables)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the generator and discriminator (CUDA)")
+    parser.add_argument("--net", default="{}", help="JSON overrides of the network config, e.g. '{\"channels\": [...]}'")
+    parser.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: leave as is)")
+
+
+def config_from_args(args: argparse.Namespace) -> InpaintTrainConfig:
+    fields = {k: v for k, v in vars(args).items() if k in InpaintTrainConfig.__dataclass_fields__}
+    fields["net"] = json.loads(args.net) if isinstance(args.net, str) else args.net
+    return InpaintTrainConfig(**fields)
