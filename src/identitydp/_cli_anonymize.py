@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from .errors import IdentityDPError
 
 METHOD_CHOICES = ["blur", "pixelate", "mask", "dp-pix", "identitydp"]
 PROGRESS_MIN_IMAGES = 4
+EXIT_ERROR = 3  # as identitydp.cli.EXIT_ERROR (not imported: the cli module imports this one)
 
 
 #: ε of identitydp when --epsilon is not given: the smallest ε of the evaluation, at which no
@@ -114,20 +116,37 @@ def run_anonymize(args) -> int:
     if args.method == "identitydp" and args.epsilon is None:
         args.epsilon = DEFAULT_IDENTITYDP_EPSILON
     videos, args.inputs = split_videos(args.inputs)
+    # Collect and plan everything before processing anything, so that a bad --report is
+    # refused before any work (and before any output is written).
+    images = collect_images(args.inputs) if args.inputs else []
+    if args.inputs and not images:
+        print("identitydp: no images found in the inputs", file=sys.stderr)
+        return 2
+    plan = _plan_outputs(args, images) if images else []
+    video_report = image_report = None
+    if args.report:
+        from ._cli_video import planned_paths
+
+        image_report = Path(args.report)
+        video_report = image_report if not images else image_report.with_suffix(".videos.json")
+        video_inputs, video_outputs = planned_paths(args, videos, single=len(videos) == 1 and not images)
+        inputs = [src for src, _ in plan] + video_inputs
+        outputs = [dst for _, dst in plan] + video_outputs
+        if plan and args.method in ("identitydp", "dp-pix"):
+            outputs.append(_ledger_path(args, plan))
+        for path in ([video_report] if videos else []) + ([image_report] if images else []):
+            problem = report_path_problem(path, inputs, outputs)
+            if problem:
+                print(f"identitydp: --report {problem}", file=sys.stderr)
+                return 2
     video_rc = 0
     if videos:
         # Video files go through the tracking pipeline (identitydp.video); images continue below.
-        video_rc, video_reports = run_videos(args, videos, single=len(videos) == 1 and not args.inputs)
-        if args.report:
-            report = Path(args.report) if not args.inputs else Path(args.report).with_suffix(".videos.json")
-            report.write_text(json.dumps({"videos": video_reports}, indent=2, default=str))
-        if not args.inputs:
+        video_rc, video_reports = run_videos(args, videos, single=len(videos) == 1 and not images)
+        if video_report is not None and not _write_report(video_report, {"videos": video_reports}):
+            return EXIT_ERROR
+        if not images:
             return video_rc
-    images = collect_images(args.inputs)
-    if not images:
-        print("identitydp: no images found in the inputs", file=sys.stderr)
-        return 2
-    plan = _plan_outputs(args, images)
     protected = {src.resolve() for src, _ in plan}
     anonymizer = Anonymizer(args.method, threshold=args.threshold, seed=args.seed, **_method_params(args))
     ledger = ledger_path = None
@@ -160,8 +179,10 @@ def run_anonymize(args) -> int:
         reports.append(report.to_json())
     if ledger is not None and reports:
         ledger.write(ledger_path)
-    if args.report:
-        Path(args.report).write_text(json.dumps({"images": reports, "failures": [{"input": str(s), "error": e} for s, e in failures]}, indent=2))
+    if image_report is not None:
+        failed = [{"input": str(s), "error": e} for s, e in failures]
+        if not _write_report(image_report, {"images": reports, "failures": failed}):
+            return EXIT_ERROR
     if not args.quiet:
         for src, err in failures:
             print(f"failed: {err}", file=sys.stderr)
@@ -180,6 +201,73 @@ def run_anonymize(args) -> int:
     return max(video_rc, 1 if failures else 0)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def report_path_problem(path: Path, inputs: list[Path], outputs: list[Path]) -> str | None:
+    """Why a JSON side file (``--report``, ``detect -o``) cannot go to ``path``; None if it can.
+
+    It must never replace an input (also through a symlink or a hard link) nor another output of
+    the same run, and its folder must be writable.
+    """
+    try:
+        return _report_path_problem(path, inputs, outputs)
+    except OSError as exc:  # a name too long, a loop of links, ...
+        return f"{path}: {exc.strerror or exc}"
+
+
+def _report_path_problem(path: Path, inputs: list[Path], outputs: list[Path]) -> str | None:
+    for src in inputs:
+        if _same_file(path, src):
+            return f"{path}: refusing to overwrite an input file"
+    for dst in outputs:
+        if _same_file(path, dst):
+            return f"{path}: refusing to overwrite an output of this run"
+    if path.is_dir():
+        return f"{path}: is a folder (give a file name, e.g. {path / 'report.json'})"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # missing folders are created, if their first existing ancestor is writable
+    if not parent.is_dir():
+        return f"{path}: {parent} is not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{path}: cannot write in {parent} (permission denied)"
+    return None
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write JSON to ``path`` atomically (a temporary file renamed over it; a hard link to it is left alone).
+
+    Raises:
+        OSError: the file or its folder cannot be written.
+    """
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".identitydp-", suffix=".json", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(json.dumps(data, indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _write_report(path: Path, data) -> bool:
+    try:
+        write_json_atomic(path, data)
+    except OSError as exc:
+        print(f"identitydp: error: cannot write the report {path}: {exc.strerror or exc}", file=sys.stderr)
+        return False
+    return True
+
+
 def _ledger_path(args, plan) -> Path:
     if args.output and Path(args.output).suffix == "":
         return Path(args.output) / "privacy_ledger.json"
@@ -191,10 +279,16 @@ def run_detect(args) -> int:
     from .detect import CenterFaceDetector
     from .io import collect_images, read_image
 
+    images = collect_images(args.inputs)
+    if args.output:
+        problem = report_path_problem(Path(args.output), [src for src, _ in images], [])
+        if problem:
+            print(f"identitydp: -o {problem}", file=sys.stderr)
+            return 2
     detector = CenterFaceDetector(threshold=args.threshold)
     results = []
     failed = 0
-    for src, _ in collect_images(args.inputs):
+    for src, _ in images:
         try:
             image = read_image(src)
         except IdentityDPError as exc:
@@ -205,7 +299,11 @@ def run_detect(args) -> int:
         results.append({"input": str(src), "width": image.pixels.shape[1], "height": image.pixels.shape[0], "faces": det.to_json()})
     text = json.dumps(results, indent=2)
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        try:
+            write_json_atomic(Path(args.output), results)
+        except OSError as exc:
+            print(f"identitydp: error: cannot write {args.output}: {exc.strerror or exc}", file=sys.stderr)
+            return EXIT_ERROR
         print(f"wrote {args.output}: {sum(len(r['faces']) for r in results)} faces in {len(results)} images")
     else:
         print(text)

@@ -58,6 +58,17 @@ def _plan(args, videos: list[Path], single: bool) -> list[tuple[Path, Path]]:
     return [(v, out / v.name) for v in videos]
 
 
+def planned_paths(args, videos: list[Path], *, single: bool) -> tuple[list[Path], list[Path]]:
+    """(inputs, outputs incl. ledgers) that anonymizing ``videos`` will read and write."""
+    if not videos:
+        return [], []
+    plan = _plan(args, videos, single)
+    outputs = [dst for _, dst in plan]
+    if args.method in ("identitydp", "dp-pix"):
+        outputs += [dst.with_name(f"{dst.stem}.ledger.json") for _, dst in plan]
+    return [src for src, _ in plan], outputs
+
+
 def _track_key(source: Path, digest: str, track_id: int) -> str:
     """Ledger key of one face track: file name, content hash (a renamed copy is the same input), track."""
     return f"{source.name}@{digest}#track{track_id}"
