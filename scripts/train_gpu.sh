@@ -12,8 +12,9 @@
 #
 # Chain from the committed checkpoint (docs/training/…/ckpt_fp16.safetensors) with
 #   scripts/train_gpu.sh $OUT 9 --init PATH
-# Defaults here: 256-px crops from BUNDLE (default .data/v2_256.npz if present, else v2_128),
-# batch 32, the GPU channel widths below, bf16 autocast, torch.compile.
+# Defaults here: BUNDLE = .data/v2_256.npz if present (256-px crops), else .data/v2_128.npz (128 px),
+# batch 32, the GPU channel widths below (NET; the CPU run uses narrower ones, so chaining a CPU
+# checkpoint needs NET set to its widths), bf16 autocast, torch.compile.
 set -euo pipefail
 OUT=${1:?usage: scripts/train_gpu.sh OUTDIR [MINUTES] [options]}
 MINUTES=${2:-9}
@@ -23,7 +24,8 @@ if [ -z "${BUNDLE:-}" ]; then
   [ -f "$BUNDLE" ] || BUNDLE=.data/v2_128.npz
 fi
 PY=${PYTHON:-python3}
-SIZE=${SIZE:-256}
+# Train at the bundle's own resolution unless told otherwise (an upsampled bundle only looks sharp).
+SIZE=${SIZE:-$(case "$BUNDLE" in *256*) echo 256;; *) echo 128;; esac)}
 NET=${NET:-'{"channels": [32, 64, 128, 256, 256, 256, 256, 256]}'}
 # Tests on a CPU: DEVICE=cpu SIZE=128 BATCH=4 NET='{}' COMPILE= BUNDLE=... scripts/train_gpu.sh OUT 1
 COMPILE=${COMPILE---compile}

@@ -62,7 +62,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         delta: δ of the Gaussian mechanism.
         seed: seeded, reproducible noise for tests and experiments (NOT private against an adversary
             who knows or guesses the seed); ``None`` (default) uses the vetted secure sampler.
-        weights: path of an exported generator; default: the registered ``identitydp_generator``.
+        weights: path or registry name of an exported generator (v1 or v2); default: the
+            registered ``identitydp_generator``.
         device: torch device for the networks.
         color_match: match the generated face's colours to the original inside the mask.
         projection: add the noise in the public k-dimensional projection of identity space
@@ -81,6 +82,9 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             streaky texture over the right half of almost every face (image right, the subject's
             left eye) and clean texture on the left; the mirrored rendering has it on the other
             side, so the fused face is clean on both. Costs a second rendering in the same batch.
+            v1 only (v2 renders both halves cleanly).
+        grain: v2: add luminance grain to the rendering up to the level measured on the photo
+            just around the repainted region (a clean face on a noisy photo looks pasted).
 
     Raises:
         WeightsError: the generator (or dlib) weights are missing or corrupt — never a silently
@@ -104,12 +108,13 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         geometry: bool = True,
         geometry_strength: float = 0.5,
         mirror_fusion: bool = True,
+        grain: bool = True,
     ) -> None:
         import torch
 
         from ..align import face_mask, template_for
         from ..models.dlib_resnet import DlibEncoder
-        from ..models.registry import weight_path
+        from ..models.registry import registry, weight_path
         from ..privacy import Projection, ReproducibleRNG, UnitSphere, make_mechanism
         from .checkpoint import EXPORT_FORMAT_V2, load_generator
 
@@ -126,7 +131,12 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             domain = UnitSphere(128)
             self.projection = None
         self.mechanism = make_mechanism(mechanism, epsilon=self.epsilon, delta=delta, domain=domain, rng=rng)
-        path = Path(weights) if weights is not None else weight_path(WEIGHTS_NAME)
+        if weights is None:
+            path = weight_path(WEIGHTS_NAME)
+        elif isinstance(weights, str) and weights in registry():
+            path = weight_path(weights)  # a registered renderer by name, e.g. "identitydp_renderer_v2"
+        else:
+            path = Path(weights)
         self.weights = path
         self.device = torch.device(device)
         self.model, self.id_mean, self.meta = load_generator(path, device=self.device)
@@ -135,6 +145,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self.mask = face_mask(self.size, self.margin)
         self.dlib = DlibEncoder.load(device=self.device)
         self.color_match = color_match
+        self.grain = bool(grain)
         self.inpainting = self.meta.get("format") == EXPORT_FORMAT_V2
         # Video: track id -> (1, 128) released identity, reused on every frame of the track.
         self._tracks: dict[int, np.ndarray] = {}
@@ -184,6 +195,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             "mirror_fusion": self.mirror_fusion,
             "generator": self.weights.name,
             "renderer": "v2-inpainting" if self.inpainting else "v1-aei",
+            "grain": self.grain if self.inpainting else None,
         }
 
     def _identities(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -233,6 +245,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         """
         import torch
 
+        from ..blend import match_grain, multiband_blend
         from .inpaint import inner_face_mask, landmark_sketch
 
         if not self.inpainting:
@@ -244,14 +257,17 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         m = torch.from_numpy(mask).to(self.device)[None, None]
         sk = torch.from_numpy(sketch).to(self.device)[None]
         z = torch.from_numpy(np.asarray(identity, np.float32).reshape(1, -1)).to(self.device)
-        gen = torch.Generator(device=self.device)
         if noise_seed is None:
-            gen.seed()
-        else:
-            gen.manual_seed(int(noise_seed))
+            noise_seed = secrets.randbits(62)
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(int(noise_seed))
         with torch.inference_mode():
-            y = self.model(x, m, sk, z, gen)[0].float()
-        out = ((y[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+            raw = self.model(x, m, sk, z, gen)[1].float()
+        rendered = ((raw[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+        # Multi-band blend into the crop's own context, then grain like the photo's around the face.
+        out = multiband_blend(rendered, crop, mask)
+        if self.grain:
+            out = match_grain(out, crop, mask, np.random.default_rng(int(noise_seed)))
         return out, mask
 
     def match_geometry(self, generated: np.ndarray, original: np.ndarray) -> np.ndarray:
