@@ -248,7 +248,7 @@ def test_methods_change_faces_and_only_faces(method, lfw_images):
 
 def test_dp_pix_noise_scale_and_determinism():
     a = DPPixAnonymizer(epsilon=0.5, block=8, m=16)
-    assert a.noise_scale == pytest.approx(255 * 16 / (64 * 0.5))
+    assert a.noise_scale == pytest.approx(3 * 255 * 16 / (64 * 0.5))  # three colour channels
     region = np.full((64, 64, 3), 128, np.uint8)
     out1, rec = a.process_region(region, 64, np.random.default_rng(3))
     out2, _ = a.process_region(region, 64, np.random.default_rng(3))

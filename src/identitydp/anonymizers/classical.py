@@ -163,10 +163,13 @@ class DPPixAnonymizer(RegionAnonymizer):
     """DP-Pix: differentially private pixelization.
 
     Reference: Liyue Fan, "Image Pixelization with Differential Privacy", DBSec 2018. The face
-    window is resampled to a canonical ``grid``×``grid`` image, split into b×b blocks whose means
-    receive Laplace noise of scale 255·m / (b²·ε), clipped to [0, 255], and resized back.
-    Neighbouring images differ in at most ``m`` pixels of the canonical grid; the release is
-    ε-DP for that relation (the guarantee is about pixels, not about identity).
+    window is resampled to a canonical ``grid``×``grid`` RGB image, split into b×b blocks whose
+    per-channel means receive Laplace noise, clipped to [0, 255], and resized back.
+    Neighbouring images differ in at most ``m`` pixels of the canonical grid, each pixel in all
+    three channels by up to 255: the L1 sensitivity of the vector of block means is
+    3·255·m / b² (Fan's 255·m / b² is for one grey channel), so the noise scale is
+    3·255·m / (b²·ε) and the colour release is ε-DP for that relation (the guarantee is about
+    pixels, not about identity). ``tests/test_privacy.py`` checks the e^ε bound statistically.
 
     Args:
         epsilon: privacy parameter ε > 0.
@@ -192,10 +195,18 @@ class DPPixAnonymizer(RegionAnonymizer):
         self.m = int(m)
         self.grid = int(grid)
 
+    #: Colour channels whose block means are released (each pixel change moves all three).
+    CHANNELS = 3
+
+    @property
+    def sensitivity(self) -> float:
+        """L1 sensitivity of the block means: 3 channels · 255 · m / b² (grey levels)."""
+        return self.CHANNELS * 255.0 * self.m / self.block**2
+
     @property
     def noise_scale(self) -> float:
-        """Laplace scale 255·m/(b²·ε) in grey levels."""
-        return 255.0 * self.m / (self.block**2 * self.epsilon)
+        """Laplace scale sensitivity / ε = 3·255·m/(b²·ε) in grey levels."""
+        return self.sensitivity / self.epsilon
 
     def process_region(self, region, face_size, rng):
         h, w = region.shape[:2]
@@ -211,7 +222,9 @@ class DPPixAnonymizer(RegionAnonymizer):
             "delta": 0.0,
             "block": self.block,
             "m": self.m,
-            "neighbouring": f"canonical {self.grid}x{self.grid} face grids differing in <= {self.m} pixels",
+            "l1_sensitivity": self.sensitivity,
+            "laplace_scale": self.noise_scale,
+            "neighbouring": f"canonical {self.grid}x{self.grid} RGB face grids differing in <= {self.m} pixels (all 3 channels)",
         }
 
     def describe(self) -> dict:
