@@ -262,6 +262,28 @@ def test_dp_pix_noise_scale_and_determinism():
         DPPixAnonymizer(1.0)  # ε is keyword-only
 
 
+def test_strong_blur_is_fast_and_close_to_exact(lfw_images):
+    """Above 32 px, σ is applied on a downscaled copy: within 2 levels of OpenCV's exact blur."""
+    import time
+
+    import cv2
+
+    from identitydp.anonymizers.classical import BlurAnonymizer, gaussian_blur
+
+    img = np.asarray(Image.open(lfw_images[0]).convert("RGB").resize((520, 520)))
+    for sigma in (33.0, 80.0, 200.0):
+        exact = cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
+        diff = np.abs(gaussian_blur(img, sigma).astype(int) - exact)
+        assert diff.mean() < 0.5 and diff.max() <= 3
+    big = np.ascontiguousarray(np.asarray(Image.open(lfw_images[0]).convert("RGB").resize((2200, 2200))))
+    t0 = time.perf_counter()
+    BlurAnonymizer(sigma=1.0).process_region(big, 1700.0, np.random.default_rng(0))  # was minutes
+    assert time.perf_counter() - t0 < 2
+    for bad in (0, -1, 1.5, float("nan")):
+        with pytest.raises(ValueError):
+            BlurAnonymizer(sigma=bad)
+
+
 class _BrokenMethod(FaceAnonymizer):
     """A method that fails on every frame, as a broken generator would."""
 

@@ -95,6 +95,25 @@ class RegionAnonymizer(FaceAnonymizer):
         return FrameResult(image=out.copy() if out is image else out, faces=outcomes)
 
 
+def gaussian_blur(region: np.ndarray, sigma_px: float, *, direct_max: float = 32.0) -> np.ndarray:
+    """Gaussian blur of σ = ``sigma_px`` whose cost does not grow with σ.
+
+    Up to ``direct_max`` it is OpenCV's exact blur. Beyond, the region is area-downscaled so
+    that σ becomes ``direct_max / 2`` pixels, blurred there and linearly upscaled: the result is
+    at least as smooth (the resampling only adds blur) and takes milliseconds where the direct
+    blur of a 1,700 px face took half a minute.
+    """
+    if sigma_px <= direct_max:
+        return cv2.GaussianBlur(region, (0, 0), sigmaX=sigma_px, borderType=cv2.BORDER_REFLECT)
+    h, w = region.shape[:2]
+    factor = sigma_px / (direct_max / 2)
+    small = cv2.resize(region, (max(1, round(w / factor)), max(1, round(h / factor))), interpolation=cv2.INTER_AREA)
+    # The area filter already applied a box of variance 1/12 (low-resolution pixels).
+    sigma_low = math.sqrt(max((sigma_px / factor) ** 2 - 1 / 12, 0.25))
+    small = cv2.GaussianBlur(small, (0, 0), sigmaX=sigma_low, borderType=cv2.BORDER_REFLECT)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 class BlurAnonymizer(RegionAnonymizer):
     """Gaussian blur with σ proportional to the face size.
 
@@ -105,15 +124,17 @@ class BlurAnonymizer(RegionAnonymizer):
 
     name = "blur"
 
+    #: Above this σ in pixels the blur is computed on a downscaled copy (its cost no longer grows with σ).
+    DIRECT_MAX_SIGMA_PX = 32.0
+
     def __init__(self, *, sigma: float = 0.1, **kwargs) -> None:
         super().__init__(**kwargs)
-        if not sigma > 0:
-            raise ValueError(f"sigma must be > 0, got {sigma}")
-        self.sigma = sigma
+        if not 0 < sigma <= 1:  # also refuses NaN; σ > the face size blurs no more, only slower
+            raise ValueError(f"sigma must be in (0, 1] (a fraction of the face size), got {sigma}")
+        self.sigma = float(sigma)
 
     def process_region(self, region, face_size, rng):
-        sigma_px = max(0.5, self.sigma * face_size)
-        return cv2.GaussianBlur(region, (0, 0), sigmaX=sigma_px, borderType=cv2.BORDER_REFLECT), None
+        return gaussian_blur(region, max(0.5, self.sigma * face_size), direct_max=self.DIRECT_MAX_SIGMA_PX), None
 
     def describe(self) -> dict:
         return {"method": self.name, "sigma": self.sigma}
