@@ -123,3 +123,63 @@ def test_report_never_overwrites_a_video_input(photo, tmp_path, capsys):
         assert cli_main(["anonymize", *map(str, inputs), "--method", "blur", "--report", str(clip)]) == 2
         _one_line_error(capsys)
     assert clip.read_bytes() == b"refused before it is even decoded"
+
+
+# ------------------------------------------------------------------- values at the boundary
+
+BAD_VALUES = [
+    ("--threshold", ["0", "-0.1", "1", "1.01", "nan", "inf", "x"]),  # 1: no score reaches it
+    ("--sigma", ["0", "-1", "1.5", "100", "1e6", "nan", "inf"]),
+    ("--blocks", ["0", "-3", "513", "1e3", "2.5", "nan"]),
+    ("--block", ["0", "3", "65", "128", "nan"]),
+    ("--m", ["0", "4097", "nan"]),
+    ("--seed", ["-1", str(2**63), "1.5", "nan"]),
+    ("--budget", ["0", "-1", "inf", "nan", "1e400"]),
+    ("--epsilon", ["0", "-1", "-inf", "nan", "x"]),
+    ("--delta", ["0", "1", "nan", "-1e-6"]),
+    ("--detect-every", ["0", "100000", "nan"]),
+    ("--max-missing", ["-1", "nan"]),
+    ("--lookback", ["-1", "nan"]),
+]
+
+
+@pytest.mark.parametrize(("option", "value"), [(o, v) for o, vs in BAD_VALUES for v in vs])
+def test_bad_option_values_are_refused(option, value, photo, capsys):
+    assert cli_main(["anonymize", str(photo), "--method", "blur", f"{option}={value}"]) == 2
+    assert option in _one_line_error(capsys)
+    assert not photo.with_name("face.anonymized.jpg").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "257", "nan", "two"])
+def test_bad_threads_are_refused(value, photo, capsys):
+    assert cli_main([f"--threads={value}", "anonymize", str(photo), "--method", "blur"]) == 2
+    assert "--threads" in _one_line_error(capsys)
+
+
+def test_other_commands_validate_too(photo, capsys):
+    assert cli_main(["detect", str(photo), "--threshold", "nan"]) == 2
+    _one_line_error(capsys)
+    for bad in (["--epsilon", "nan"], ["--epsilon", "0"], ["--epsilon", "1", "--mechanism", "gaussian", "--delta", "2"]):
+        assert cli_main(["privacy", "explain", *bad]) == 2
+        _one_line_error(capsys)
+
+
+def test_empty_input_name_is_refused(photo, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(photo.parent)  # "" used to mean this folder, and anonymize all of it
+    for argv in (["anonymize", ""], ["anonymize", " "], ["anonymize", str(photo), "-o", ""], ["detect", ""]):
+        assert cli_main(argv) == 2
+        assert "empty" in _one_line_error(capsys)
+    assert sorted(p.name for p in photo.parent.iterdir()) == ["face.jpg"]
+
+
+def test_bounds_themselves_are_accepted(photo, tmp_path):
+    import time
+
+    out = tmp_path / "o.jpg"
+    t0 = time.perf_counter()
+    # The strongest blur on the 5 faces of the sample (the largest about 400 px) is quick.
+    assert cli_main(["anonymize", str(SAMPLE), "-o", str(out), "--method", "blur", "--sigma", "1", "--threshold", "1e-3",
+                     "--seed", str(2**63 - 1), "--quiet"]) == 0
+    assert time.perf_counter() - t0 < 60
+    for extra in (["--method", "pixelate", "--blocks", "512"], ["--method", "dp-pix", "--block", "64", "--m", "4096", "--epsilon", "inf"]):
+        assert cli_main(["anonymize", str(photo), "-o", str(out), "--overwrite", "--quiet", "--threshold", "0.999", *extra]) == 0

@@ -605,8 +605,9 @@ def test_cli_explain(capsys, projection, tmp_path):
     assert main(["privacy", "explain", "--epsilon", "4", "--projection", str(path)]) == 0
     assert "k=8" in capsys.readouterr().out
     assert main(["privacy", "explain", "--mechanism", "gaussian", "--epsilon", "1"]) == 3  # δ missing
-    assert main(["privacy", "explain", "--epsilon", "0"]) == 3
-    assert "epsilon must be > 0" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["privacy", "explain", "--epsilon", "0"]) == 2  # a usage error, refused by the parser
+    assert "--epsilon: must be > 0" in capsys.readouterr().err
 
 
 def test_ledger_record_accepts_release_dicts(tmp_path):

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import sys
 from pathlib import Path
 
+from ._cli_types import MAX_SEED, bounded_float, bounded_int, divisor_of, epsilon, path_text, positive_float
 from .errors import IdentityDPError
 
 METHOD_CHOICES = ["blur", "pixelate", "mask", "dp-pix", "identitydp"]
@@ -16,16 +16,17 @@ PROGRESS_MIN_IMAGES = 4
 EXIT_ERROR = 3  # as identitydp.cli.EXIT_ERROR (not imported: the cli module imports this one)
 
 
+#: Upper bound of --blocks (more cells than this is no longer pixelation).
+MAX_BLOCKS = 512
+#: DP-Pix canonical grid side (identitydp.anonymizers.DPPixAnonymizer's default ``grid``).
+DP_PIX_GRID = 64
+#: Detector score threshold: (0, 1) as CenterFaceDetector takes it (a sigmoid score never reaches
+#: 1, so 1 would silently find no face at all).
+THRESHOLD = bounded_float(0, 1, low_open=True, high_open=True)
+
 #: ε of identitydp when --epsilon is not given: the smallest ε of the evaluation, at which no
 #: judge re-identifies more than 1.5 % of LFW's 1,680 people (docs/evaluation.md).
 DEFAULT_IDENTITYDP_EPSILON = 1.0
-
-
-def _epsilon(text: str) -> float:
-    value = float("inf") if text.lower() in ("inf", "infinity") else float(text)
-    if not value > 0 or math.isnan(value):
-        raise argparse.ArgumentTypeError(f"epsilon must be > 0 (or 'inf'), got {text}")
-    return value
 
 
 def register(subparsers) -> None:
@@ -34,17 +35,18 @@ def register(subparsers) -> None:
         help="anonymize the faces in images (files or folders) and videos",
         description="Detect every face and anonymize it. Outputs have all metadata stripped; inputs are never overwritten.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders (searched recursively), or video files")
+    p.add_argument("inputs", nargs="+", type=path_text, metavar="INPUT", help="image files or folders (searched recursively), or video files")
     p.add_argument(
         "-o",
         "--output",
+        type=path_text,
         help="output file (one input) or folder (keeps the input tree); default: NAME.anonymized.EXT next to each input",
     )
     p.add_argument("--method", choices=METHOD_CHOICES, default="identitydp",
                    help="anonymization method (default: identitydp, the only one that keeps faces detectable at full privacy)")
-    p.add_argument("--epsilon", type=_epsilon,
+    p.add_argument("--epsilon", type=epsilon,
                    help=f"privacy parameter ε for dp-pix / identitydp (smaller = more private; identitydp default {DEFAULT_IDENTITYDP_EPSILON:g})")
-    p.add_argument("--delta", type=float, help="δ for the Gaussian mechanism (identitydp)")
+    p.add_argument("--delta", type=bounded_float(0, 1, low_open=True, high_open=True), help="δ for the Gaussian mechanism (identitydp)")
     p.add_argument("--mechanism", choices=["laplace", "gaussian", "metric"], help="identitydp noise mechanism")
     p.add_argument(
         "--projection",
@@ -56,15 +58,15 @@ def register(subparsers) -> None:
         action="store_true",
         help="identitydp: paste the rendering as generated, without warping it onto the original's 68 landmarks",
     )
-    p.add_argument("--sigma", type=float, help="blur σ as a fraction of the face size (default 0.1)")
-    p.add_argument("--blocks", type=int, help="pixelate: cells across the face (default 8)")
-    p.add_argument("--block", type=int, help="dp-pix: block side b in canonical pixels (default 8)")
-    p.add_argument("--m", type=int, help="dp-pix: pixels that may differ between neighbours (default 16)")
-    p.add_argument("--threshold", type=float, default=0.5, help="face detection score threshold (default 0.5)")
-    p.add_argument("--seed", type=int, help="seed for a reproducible run (experiments only; default: OS randomness)")
-    p.add_argument("--budget", type=float, help="refuse to spend more than this ε on any one input (identitydp)")
+    p.add_argument("--sigma", type=bounded_float(0, 1, low_open=True), help="blur σ as a fraction of the face size, in (0, 1] (default 0.1)")
+    p.add_argument("--blocks", type=bounded_int(1, MAX_BLOCKS), help=f"pixelate: cells across the face, 1..{MAX_BLOCKS} (default 8)")
+    p.add_argument("--block", type=divisor_of(DP_PIX_GRID), help=f"dp-pix: block side b in canonical pixels, a divisor of {DP_PIX_GRID} (default 8)")
+    p.add_argument("--m", type=bounded_int(1, DP_PIX_GRID**2), help="dp-pix: pixels that may differ between neighbours (default 16)")
+    p.add_argument("--threshold", type=THRESHOLD, default=0.5, help="face detection score threshold, in (0, 1) (default 0.5)")
+    p.add_argument("--seed", type=bounded_int(0, MAX_SEED), help="seed for a reproducible run (experiments only; default: OS randomness)")
+    p.add_argument("--budget", type=positive_float(), help="refuse to spend more than this ε on any one input (identitydp)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never the inputs)")
-    p.add_argument("--report", help="write a JSON report of every image and face to this file")
+    p.add_argument("--report", type=path_text, help="write a JSON report of every image and face to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     from ._cli_video import add_video_arguments
 
@@ -72,9 +74,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_anonymize)
 
     d = subparsers.add_parser("detect", help="detect faces and print (or write) them as JSON")
-    d.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    d.add_argument("--threshold", type=float, default=0.5, help="detection score threshold (default 0.5)")
-    d.add_argument("-o", "--output", help="write the JSON here instead of printing it")
+    d.add_argument("inputs", nargs="+", type=path_text, metavar="INPUT", help="image files or folders")
+    d.add_argument("--threshold", type=THRESHOLD, default=0.5, help="detection score threshold, in (0, 1) (default 0.5)")
+    d.add_argument("-o", "--output", type=path_text, help="write the JSON here instead of printing it")
     d.set_defaults(func=run_detect)
 
 

@@ -11,23 +11,27 @@ import json
 import sys
 from pathlib import Path
 
+from ._cli_types import bounded_int
 from .errors import IdentityDPError
+
+#: Upper bound of the frame counts --detect-every, --max-missing and --lookback.
+MAX_FRAMES_OPTION = 10_000
 
 
 def add_video_arguments(parser) -> None:
     g = parser.add_argument_group("video (MP4, MOV, MKV, WebM, AVI inputs)")
     g.add_argument("--no-audio", action="store_true", help="drop the audio (default: copy it unchanged)")
-    g.add_argument("--detect-every", type=int, default=1, metavar="N", help="run the detector on every N-th frame and track in between (default 1)")
+    g.add_argument("--detect-every", type=bounded_int(1, MAX_FRAMES_OPTION), default=1, metavar="N", help="run the detector on every N-th frame and track in between (default 1)")
     g.add_argument(
         "--max-missing",
-        type=int,
+        type=bounded_int(0, MAX_FRAMES_OPTION),
         default=12,
         metavar="K",
         help="keep anonymizing a face for K frames after the detector last saw it, at its predicted position (default 12)",
     )
     g.add_argument(
         "--lookback",
-        type=int,
+        type=bounded_int(0, MAX_FRAMES_OPTION),
         metavar="L",
         help="also anonymize a face in the L frames before its first detection (default max(4, N))",
     )

@@ -29,16 +29,27 @@ EXIT_OK = 0
 EXIT_FAILURES = 1  # some inputs failed, the others were processed
 EXIT_USAGE = 2
 EXIT_ERROR = 3  # a clear identitydp error stopped the command
+MAX_THREADS = 256
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line (exit 2), for every subcommand."""
+
+    def error(self, message: str):  # noqa: D102 - argparse API
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from ._cli_types import bounded_int
+
+    parser = _Parser(
         prog="identitydp",
         description="Anonymize faces in photos and videos with a tunable, provable privacy guarantee.",
     )
     parser.add_argument("--version", action="version", version=f"identitydp {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch/OpenCV (default: all cores)")
+    parser.add_argument("--threads", type=bounded_int(1, MAX_THREADS), default=None,
+                        help=f"CPU threads for torch/OpenCV, 1..{MAX_THREADS} (default: all cores)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in SUBCOMMAND_MODULES:
         try:
@@ -53,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error (already printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -61,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    if args.threads:
+    if args.threads is not None:
         import torch
 
         torch.set_num_threads(args.threads)

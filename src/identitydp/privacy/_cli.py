@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .._cli_types import bounded_float, bounded_int, epsilon, positive_float
+
 DEFAULT_DIM = 128
 
 
@@ -18,11 +20,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Print sensitivity, noise scale, noise vs signal and the bound on an attacker's odds.",
     )
     ex.add_argument("--mechanism", choices=("laplace", "gaussian", "metric"), default="laplace")
-    ex.add_argument("--epsilon", type=float, required=True, help="ε > 0, or 'inf' for no noise")
-    ex.add_argument("--delta", type=float, default=None, help="δ for --mechanism gaussian (e.g. 1e-6)")
-    ex.add_argument("--dim", type=int, default=DEFAULT_DIM, help=f"embedding dimension d (default {DEFAULT_DIM})")
-    ex.add_argument("--k", type=int, default=None, help="add noise in k projected, whitened coordinates")
-    ex.add_argument("--radius", type=float, default=None, help="ball radius R in whitened units (with --k)")
+    ex.add_argument("--epsilon", type=epsilon, required=True, help="ε > 0, or 'inf' for no noise")
+    ex.add_argument("--delta", type=bounded_float(0, 1, low_open=True, high_open=True), default=None, help="δ for --mechanism gaussian (e.g. 1e-6)")
+    ex.add_argument("--dim", type=bounded_int(1, 65536), default=DEFAULT_DIM, help=f"embedding dimension d (default {DEFAULT_DIM})")
+    ex.add_argument("--k", type=bounded_int(1, 65536), default=None, help="add noise in k projected, whitened coordinates")
+    ex.add_argument("--radius", type=positive_float(), default=None, help="ball radius R in whitened units (with --k)")
     ex.add_argument("--projection", default=None, help="a fitted projection .safetensors (gives d, k and R)")
     ex.set_defaults(func=_explain)
 
