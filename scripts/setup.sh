@@ -1,14 +1,36 @@
 #!/usr/bin/env bash
 # Create .venv and install identitydp into it. Usage: scripts/setup.sh [test]
-# Everything comes from PyPI (torch==2.13.0 is a CPU wheel on machines that mirror it).
+#   (default)  the package (images and video) and matplotlib for `identitydp eval`'s figures
+#   test       also pytest and the eval extra (the external `deface` baseline)
+# Versions come from constraints.txt (torch==2.13.0 is a CPU wheel on machines that mirror it).
+# Set PYTHON to choose the interpreter (Python >= 3.11).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ]; then
-  python3 -m venv .venv
+PYTHON=${PYTHON:-python3}
+
+version_of() { "$1" -c 'import platform; print(platform.python_version())' 2>/dev/null || echo "unknown"; }
+new_enough() { "$1" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null; }
+
+if ! command -v "$PYTHON" >/dev/null 2>&1; then
+  echo "setup: '$PYTHON' not found; identitydp needs Python >= 3.11 (set PYTHON=/path/to/python3.11 or newer)" >&2
+  exit 1
+fi
+if [ -x .venv/bin/python ]; then
+  if ! new_enough .venv/bin/python; then
+    echo "setup: .venv has Python $(version_of .venv/bin/python); identitydp needs >= 3.11: remove .venv and rerun (PYTHON=/path/to/python3.11 or newer)" >&2
+    exit 1
+  fi
+else
+  if ! new_enough "$PYTHON"; then
+    echo "setup: identitydp needs Python >= 3.11, but $PYTHON is $(version_of "$PYTHON"); rerun with PYTHON=/path/to/python3.11 or newer" >&2
+    exit 1
+  fi
+  "$PYTHON" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "${1:-}" = "test" ]; then
-  .venv/bin/python -m pip install -q -e '.[test,eval]'
+  extras="plots,test,eval"
 else
-  .venv/bin/python -m pip install -q -e .
+  extras="plots"
 fi
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[$extras]"
