@@ -14,7 +14,8 @@
 #   scripts/train_gpu.sh $OUT 9 --init PATH
 # Defaults here: BUNDLE = .data/v2_256.npz if present (256-px crops), else .data/v2_128.npz (128 px),
 # batch 32, the GPU channel widths below (NET; the CPU run uses narrower ones, so chaining a CPU
-# checkpoint needs NET set to its widths), bf16 autocast, torch.compile.
+# checkpoint needs NET set to its widths), bf16 autocast. COMPILE=--compile adds torch.compile
+# (off by default: its first-step compile costs minutes of a short window).
 set -euo pipefail
 OUT=${1:?usage: scripts/train_gpu.sh OUTDIR [MINUTES] [options]}
 MINUTES=${2:-9}
@@ -28,7 +29,7 @@ PY=${PYTHON:-python3}
 SIZE=${SIZE:-$(case "$BUNDLE" in *256*) echo 256;; *) echo 128;; esac)}
 NET=${NET:-'{"channels": [32, 64, 128, 256, 256, 256, 256, 256]}'}
 # Tests on a CPU: DEVICE=cpu SIZE=128 BATCH=4 NET='{}' COMPILE= BUNDLE=... scripts/train_gpu.sh OUT 1
-COMPILE=${COMPILE---compile}
+COMPILE=${COMPILE:-}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv,noheader || true
 "$PY" -c "import torch, numpy, safetensors, cv2, PIL; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"

@@ -133,7 +133,7 @@ def inner_face_mask(landmarks68: np.ndarray, size: int, feather: float = 0.04, d
     repainted area and the blend ramps down on the context).
     """
     poly = inner_face_polygon(landmarks68)
-    scale = 4
+    scale = max(1, 512 // size)  # supersampled drawing, anti-aliased by the area resize
     canvas = np.zeros((size * scale, size * scale), np.uint8)
     pts = np.round((poly - 0.5) * scale).astype(np.int32)
     import cv2
@@ -157,7 +157,7 @@ def landmark_sketch(landmarks68: np.ndarray, size: int, thickness: float = 0.012
     import cv2
 
     lm = np.asarray(landmarks68, np.float64)
-    scale = 4
+    scale = max(1, 512 // size)
     out = np.zeros((SKETCH_CHANNELS, size, size), np.float32)
     width = max(1, int(round(thickness * size * scale)))
     for ch in range(SKETCH_CHANNELS):

@@ -134,7 +134,9 @@ class InpaintTrainer:
         self.data: FaceBundle = load_bundle(cfg.bundle, size=cfg.size, device=self.device, limit=cfg.limit, threads=threads)
         if self.data.landmarks68 is None:
             raise ValueError(f"{cfg.bundle} has no 68-point landmarks: rebuild it with scripts/build_train_bundle.py")
-        cache = None if cfg.limit else Path(str(cfg.bundle) + f".cond{self.data.size}.npz")
+        # On a GPU box the maps take seconds to draw on its many cores, and writing a multi-GB cache
+        # would eat a time-boxed window; on the CPU the cache saves a minute per restart.
+        cache = None if (cfg.limit or self.cuda) else Path(str(cfg.bundle) + f".cond{self.data.size}.npz")
         masks, sketches = precompute_conditions(self.data.landmarks68.cpu().numpy(), self.data.size, threads, cache)
         self.masks = torch.from_numpy(masks).to(self.device)
         self.sketches = torch.from_numpy(sketches).to(self.device)
