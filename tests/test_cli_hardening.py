@@ -183,3 +183,21 @@ def test_bounds_themselves_are_accepted(photo, tmp_path):
     assert time.perf_counter() - t0 < 60
     for extra in (["--method", "pixelate", "--blocks", "512"], ["--method", "dp-pix", "--block", "64", "--m", "4096", "--epsilon", "inf"]):
         assert cli_main(["anonymize", str(photo), "-o", str(out), "--overwrite", "--quiet", "--threshold", "0.999", *extra]) == 0
+
+
+def test_no_privacy_runs_say_so_on_stderr_and_in_the_ledger(tmp_path, capsys):
+    """--epsilon inf and --seed print a warning, and the ledger's release records say why."""
+    import json
+
+    from identitydp.cli import main
+
+    sample = Path(__file__).resolve().parent.parent / "samples" / "group.jpg"
+    out = tmp_path / "out.jpg"
+    assert main(["anonymize", str(sample), "-o", str(out), "--epsilon", "inf", "--seed", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "--epsilon inf adds no noise" in err and "--seed makes the noise reproducible" in err
+    ledgers = list(tmp_path.glob("*ledger*.json"))
+    assert ledgers, "a ledger is written next to the output"
+    text = ledgers[0].read_text()
+    assert "no privacy" in text and "seeded noise" in text
+    assert json.loads(text)

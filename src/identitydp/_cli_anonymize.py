@@ -117,6 +117,7 @@ def run_anonymize(args) -> int:
 
     if args.method == "identitydp" and args.epsilon is None:
         args.epsilon = DEFAULT_IDENTITYDP_EPSILON
+    _warn_if_not_private(args)
     videos, args.inputs = split_videos(args.inputs)
     # Collect and plan everything before processing anything, so that a bad --report is
     # refused before any work (and before any output is written).
@@ -318,6 +319,17 @@ def _face_key(source: Path, index: int) -> str:
 
     digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
     return f"{source.name}@{digest}#face{index}"
+
+
+def _warn_if_not_private(args) -> None:
+    """Say on stderr when the outputs carry no privacy guarantee (the ledger records it too)."""
+    import math
+
+    if args.method in ("identitydp", "dp-pix") and args.epsilon is not None and math.isinf(args.epsilon):
+        print("identitydp: warning: --epsilon inf adds no noise: the outputs are NOT private", file=sys.stderr)
+    if args.seed is not None:
+        print("identitydp: warning: --seed makes the noise reproducible by anyone who knows or guesses the seed: "
+              "for experiments only, not private against them", file=sys.stderr)
 
 
 def _charge(ledger, source: Path, report) -> None:

@@ -25,6 +25,7 @@ The guarantee covers the identity channel only (DESIGN.md §2, "Honest scope").
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from pathlib import Path
 
@@ -333,6 +334,13 @@ class IdentityDPAnonymizer(FaceAnonymizer):
                         raise AnonymizationError("mechanism returned a non-finite identity")
                     privacy = release.cost.to_dict()
                     privacy["seeded"] = self.seed is not None
+                    warnings = []
+                    if math.isinf(self.epsilon):
+                        warnings.append("epsilon = inf: the true identity was rendered, no privacy")
+                    if self.seed is not None:
+                        warnings.append("seeded noise: reproducible by anyone who knows the seed, not private against them")
+                    if warnings:
+                        privacy["warnings"] = warnings
                     if track is not None:
                         self._tracks[track] = noisy
                 region = enlarged_box(faces.boxes[i], PASTE_REGION)
