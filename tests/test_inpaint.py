@@ -266,3 +266,33 @@ def test_seam_and_sharpness_metrics_see_a_hard_paste(lfw_images) -> None:
     assert hard_seam[0] / hard_seam[1] > 2.5 and soft_seam[0] / soft_seam[1] < 0.7 * hard_seam[0] / hard_seam[1]
     assert high_frequency_energy(hard, box) < 0.5 * high_frequency_energy(image, box)
     assert seam_ratios(image, image) is None
+
+
+def test_larger_convex_region_and_shape_model(real_crop, tmp_path) -> None:
+    """The repaint region can reach the hairline as a convex shape, and a renderer with a shape
+    model draws the landmarks projected onto its leading modes; both ship with the weights."""
+    from identitydp.generate.checkpoint import export_generator, load_generator
+    from identitydp.generate.inpaint import mask_for
+    from identitydp.training.inpaint import fit_shape_model
+
+    crop, lm68 = real_crop
+    small = InpaintConfig(size=128, **SMALL)
+    big = InpaintConfig(size=128, **SMALL, mask_lift=1.0, mask_grow=0.06, mask_convex=True, shape_components=4)
+    m_small, m_big = mask_for(small, lm68), mask_for(big, lm68)
+    assert m_big.sum() > 1.15 * m_small.sum() and np.all(m_big >= m_small - 1e-6)
+    g = InpaintGenerator(big)
+    rng = np.random.default_rng(0)
+    shapes = lm68[None] + rng.normal(0, 2.0, (200, 68, 2))
+    mean, basis = fit_shape_model(shapes, 128, 4)
+    g.shape_mean.copy_(torch.from_numpy(mean))
+    g.shape_basis.copy_(torch.from_numpy(basis))
+    reduced = g.sketch_geometry(lm68)
+    assert reduced.shape == (68, 2) and not np.allclose(reduced, lm68)
+    # Projection: projecting again changes nothing.
+    assert np.allclose(g.sketch_geometry(reduced), reduced, atol=1e-6)
+    assert np.allclose(InpaintGenerator(small).sketch_geometry(lm68), lm68)
+    path = tmp_path / "g.safetensors"
+    export_generator(g, torch.zeros(128), path, {"margin": 0.25})
+    loaded, _, _ = load_generator(path)
+    assert loaded.cfg.shape_components == 4 and loaded.cfg.mask_convex
+    assert np.allclose(loaded.sketch_geometry(lm68), reduced, atol=1e-3)

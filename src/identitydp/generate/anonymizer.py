@@ -247,13 +247,14 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         import torch
 
         from ..blend import match_grain, multiband_blend
-        from .inpaint import inner_face_mask, landmark_sketch
+        from .inpaint import landmark_sketch, mask_for
 
         if not self.inpainting:
             raise RuntimeError("inpaint() needs a v2 renderer")
         lm68 = self.landmarks68.predict(crop, self._lm_box)
-        mask = inner_face_mask(lm68, self.size)
-        sketch = landmark_sketch(lm68, self.size)
+        # The region and the geometry exactly as the renderer was trained with (its config).
+        mask = mask_for(self.model.cfg, lm68)
+        sketch = landmark_sketch(self.model.sketch_geometry(lm68), self.size)
         x = torch.from_numpy(np.ascontiguousarray(crop)).to(self.device).permute(2, 0, 1)[None].float() / 127.5 - 1
         m = torch.from_numpy(mask).to(self.device)[None, None]
         sk = torch.from_numpy(sketch).to(self.device)[None]
@@ -266,7 +267,11 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             raw = self.model(x, m, sk, z, gen)[1].float()
         rendered = ((raw[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
         # Multi-band blend into the crop's own context, then grain like the photo's around the face.
-        out = multiband_blend(rendered, crop, mask)
+        # The "outside" image must not contain the original inner face: its pyramid's coarse
+        # levels would carry the original's eyes and brows into the blend (a double exposure).
+        hard = (mask >= 0.999)[..., None]
+        context_only = np.where(hard, rendered, crop)
+        out = multiband_blend(rendered, context_only, mask)
         if self.grain:
             out = match_grain(out, crop, mask, np.random.default_rng(int(noise_seed)))
         return out, mask

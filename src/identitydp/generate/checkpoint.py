@@ -32,7 +32,7 @@ def export_generator(model: nn.Module, id_mean: torch.Tensor, path: str | Path, 
 
     from .inpaint import InpaintGenerator
 
-    tensors = {k: (v.half() if v.is_floating_point() else v).detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    tensors = {k: (v.half() if keeps_fp16(k, v) else v).detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tensors["id_mean"] = id_mean.float().cpu().contiguous()
     info = {k: str(v) for k, v in meta.items()}
     info["format"] = EXPORT_FORMAT_V2 if isinstance(model, InpaintGenerator) else EXPORT_FORMAT
@@ -41,6 +41,11 @@ def export_generator(model: nn.Module, id_mean: torch.Tensor, path: str | Path, 
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp), metadata=info)
     os.replace(tmp, path)
+
+
+def keeps_fp16(name: str, value: torch.Tensor) -> bool:
+    """Whether an exported tensor is stored in fp16: weights are; the v2 shape model (a few kB, used in geometry) stays exact."""
+    return value.is_floating_point() and not name.split(".")[-1].startswith("shape_")
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -76,5 +81,6 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
         raise ValueError(f"{path} is not an exported identitydp generator (format {fmt!r})")
     tensors = load_file(str(path), device=str(device))
     id_mean = tensors.pop("id_mean").float()
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    own = model.state_dict()
+    model.load_state_dict({k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in tensors.items()})
     return model.to(device).eval().requires_grad_(False), id_mean, meta

@@ -78,6 +78,16 @@ class InpaintConfig:
         mapping_layers: depth of the identity mapping MLP.
         disc_channels: discriminator channels per level.
         disc_scales: PatchGAN scales.
+        mask_lift: how far above the brows the repainted region reaches, in mouth-to-eye
+            distances (see :func:`inner_face_polygon`).
+        mask_grow: how much the jaw line is pushed out from the face centre (0.1 = 10 %).
+        mask_convex: repaint the convex hull of that polygon (its shape then says less about
+            the face outline).
+        shape_components: 0: the sketch draws the face's own 68 landmarks; k > 0: it draws them
+            projected onto the k leading modes of a public shape model (pose and expression),
+            so the fine shape of eyes, nose, mouth and jaw — identity — is not given to the
+            renderer. The model (mean + modes, fitted on training faces) is part of the weights.
+        colour_grid: side of the coarse-colour grid over the crop.
     """
 
     size: int = 128
@@ -87,6 +97,11 @@ class InpaintConfig:
     mapping_layers: int = 3
     disc_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
     disc_scales: int = 2
+    mask_lift: float = 0.55
+    mask_grow: float = 0.0
+    mask_convex: bool = False
+    shape_components: int = 0
+    colour_grid: int = 4
 
     def __post_init__(self) -> None:
         if self.size < 64 or self.size & (self.size - 1):
@@ -104,35 +119,42 @@ class InpaintConfig:
 
 
 # --------------------------------------------------------------------------- conditioning inputs
-def inner_face_polygon(landmarks68: np.ndarray) -> np.ndarray:
-    """The region the renderer repaints, as a polygon: the jaw line plus the brows raised by 0.55
-    of the mouth-to-eye distance, so that the brow ridge and the lower forehead are repainted too
-    (they carry identity); hair above them is kept as context.
+def inner_face_polygon(landmarks68: np.ndarray, lift: float = 0.55, grow: float = 0.0, convex: bool = False) -> np.ndarray:
+    """The region the renderer repaints, as a polygon: the jaw line (pushed out from the face
+    centre by ``grow``) plus the brows raised by ``lift`` mouth-to-eye distances, so that the
+    brow ridge and the forehead are repainted too (they carry identity); with ``convex`` its
+    convex hull.
 
     Args:
         landmarks68: (68, 2) pixel coordinates.
 
     Returns:
-        (K, 2) float64 polygon, clockwise in image coordinates.
+        (K, 2) float64 polygon in image coordinates.
     """
+    import cv2
+
     lm = np.asarray(landmarks68, np.float64)
     eyes = lm[36:48].mean(0)
     mouth = lm[48:68].mean(0)
-    up = eyes - mouth
-    lift = 0.55 * up  # eye-to-mouth vector points up the face, whatever the roll
-    jaw = lm[0:17]
-    brows = lm[17:27][::-1] + lift
-    return np.concatenate([jaw, brows])
+    up = eyes - mouth  # points up the face, whatever the roll
+    centre = (eyes + mouth) / 2
+    jaw = centre + (lm[0:17] - centre) * (1.0 + grow)
+    brows = centre + (lm[17:27][::-1] + lift * up - centre) * (1.0 + grow)
+    poly = np.concatenate([jaw, brows])
+    if convex:
+        poly = cv2.convexHull(poly.astype(np.float32)).reshape(-1, 2).astype(np.float64)
+    return poly
 
 
-def inner_face_mask(landmarks68: np.ndarray, size: int, feather: float = 0.04, dilate: float = 0.03) -> np.ndarray:
+def inner_face_mask(landmarks68: np.ndarray, size: int, feather: float = 0.04, dilate: float = 0.03,
+                    lift: float = 0.55, grow: float = 0.0, convex: bool = False) -> np.ndarray:
     """Soft (S, S) float32 mask in [0, 1] of the region the renderer repaints.
 
     The polygon of :func:`inner_face_polygon`, grown by ``dilate`` of the crop and feathered over
     ``feather`` of the crop outside that (so the hard edge of the landmark hull is inside the
     repainted area and the blend ramps down on the context).
     """
-    poly = inner_face_polygon(landmarks68)
+    poly = inner_face_polygon(landmarks68, lift=lift, grow=grow, convex=convex)
     scale = max(1, 512 // size)  # supersampled drawing, anti-aliased by the area resize
     canvas = np.zeros((size * scale, size * scale), np.uint8)
     pts = np.round((poly - 0.5) * scale).astype(np.int32)
@@ -140,12 +162,17 @@ def inner_face_mask(landmarks68: np.ndarray, size: int, feather: float = 0.04, d
 
     cv2.fillPoly(canvas, [pts], 255, lineType=cv2.LINE_AA)
     hard = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-    grow = max(1, int(round(dilate * size)))
+    grow_px = max(1, int(round(dilate * size)))
     inside = (hard > 0.5).astype(np.uint8)
     dist_out = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 5)  # px from the region, outside it
     ramp = max(feather * size, 1.0)
-    soft = np.clip(1.0 - (dist_out - grow) / ramp, 0.0, 1.0)
+    soft = np.clip(1.0 - (dist_out - grow_px) / ramp, 0.0, 1.0)
     return np.maximum(soft, hard).astype(np.float32)
+
+
+def mask_for(cfg: "InpaintConfig", landmarks68: np.ndarray) -> np.ndarray:
+    """The repaint mask a renderer with config ``cfg`` was trained with, for (68, 2) landmarks."""
+    return inner_face_mask(landmarks68, cfg.size, lift=cfg.mask_lift, grow=cfg.mask_grow, convex=cfg.mask_convex)
 
 
 def landmark_sketch(landmarks68: np.ndarray, size: int, thickness: float = 0.012) -> np.ndarray:
@@ -193,7 +220,7 @@ def coarse_colour(images: torch.Tensor, mask: torch.Tensor, grid: int = 4) -> to
     return up * mask
 
 
-def generator_input(images: torch.Tensor, mask: torch.Tensor, sketch: torch.Tensor) -> torch.Tensor:
+def generator_input(images: torch.Tensor, mask: torch.Tensor, sketch: torch.Tensor, grid: int = 4) -> torch.Tensor:
     """(N, INPUT_CHANNELS, S, S): masked RGB, mask, coarse colour, landmark sketch.
 
     ``images`` (N, 3, S, S) in [-1, 1], ``mask`` (N, 1, S, S) in [0, 1] (1 = repaint),
@@ -201,7 +228,7 @@ def generator_input(images: torch.Tensor, mask: torch.Tensor, sketch: torch.Tens
     network but the coarse colour.
     """
     keep = 1.0 - mask
-    return torch.cat([images * keep, mask, coarse_colour(images, mask), sketch], dim=1)
+    return torch.cat([images * keep, mask, coarse_colour(images, mask, grid), sketch], dim=1)
 
 
 # --------------------------------------------------------------------------- network
@@ -325,11 +352,30 @@ class InpaintGenerator(nn.Module):
         self.decoder = nn.ModuleList(
             DecoderBlock(ch[i + 1], ch[i], ch[i], cfg.w_dim) for i in range(len(ch) - 2, -1, -1)
         )
+        if cfg.shape_components > 0:
+            # Public shape model, in 128-px crop coordinates (set by the trainer, shipped in the weights).
+            self.register_buffer("shape_mean", torch.zeros(136, dtype=torch.float64))
+            self.register_buffer("shape_basis", torch.zeros(cfg.shape_components, 136, dtype=torch.float64))
+
+    def sketch_geometry(self, landmarks68: np.ndarray) -> np.ndarray:
+        """The landmarks the sketch is drawn from: (68, 2) → (68, 2), crop pixels at this size.
+
+        With ``shape_components`` = k > 0, the projection onto the k leading modes of the shape
+        model (see :class:`InpaintConfig`); else the landmarks themselves.
+        """
+        lm = np.asarray(landmarks68, np.float64)
+        if self.cfg.shape_components <= 0:
+            return lm
+        scale = self.cfg.size / 128.0
+        mean = self.shape_mean.detach().cpu().numpy()
+        basis = self.shape_basis.detach().cpu().numpy()
+        flat = lm.reshape(-1) / scale - mean
+        return ((mean + basis.T @ (basis @ flat)) * scale).reshape(68, 2)
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor, sketch: torch.Tensor, z: torch.Tensor,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         w = self.mapping(z)
-        h = F.leaky_relu(self.stem(generator_input(images, mask, sketch)), 0.2)
+        h = F.leaky_relu(self.stem(generator_input(images, mask, sketch, self.cfg.colour_grid)), 0.2)
         skips = [h]
         for block in self.encoder:
             h = block(h)

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import logging
 import math
@@ -52,7 +53,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..generate.checkpoint import export_generator, load_generator
+from ..generate.checkpoint import keeps_fp16, export_generator, load_generator
 from ..generate.data import FaceBundle, PairIndex, load_bundle, to_model, to_pixels
 from ..generate.identity import (
     CHIP_SIZE,
@@ -65,7 +66,7 @@ from ..generate.identity import (
     resample,
     warp_theta,
 )
-from ..generate.inpaint import InpaintConfig, InpaintGenerator, MaskedPatchDiscriminator, inner_face_mask, landmark_sketch
+from ..generate.inpaint import InpaintConfig, InpaintGenerator, MaskedPatchDiscriminator, landmark_sketch, mask_for
 from .options import InpaintTrainConfig, add_arguments, config_from_args
 
 log = logging.getLogger("identitydp.training")
@@ -75,23 +76,30 @@ def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def _render_conditions(lm68: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(68, 2) landmarks → (mask (1, S, S) uint8, sketch (5, S, S) uint8)."""
-    mask = inner_face_mask(lm68, size)
-    sketch = landmark_sketch(lm68, size)
+def _render_conditions(lm68: np.ndarray, G: InpaintGenerator) -> tuple[np.ndarray, np.ndarray]:
+    """(68, 2) landmarks → (mask (1, S, S) uint8, sketch (5, S, S) uint8) for renderer ``G``."""
+    mask = mask_for(G.cfg, lm68)
+    sketch = landmark_sketch(G.sketch_geometry(lm68), G.cfg.size)
     return (mask[None] * 255 + 0.5).astype(np.uint8), (sketch * 255 + 0.5).astype(np.uint8)
 
 
-def precompute_conditions(landmarks68: np.ndarray, size: int, threads: int = 2,
+def precompute_conditions(landmarks68: np.ndarray, G: InpaintGenerator, threads: int = 2,
                           cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Masks (N, 1, S, S) and sketches (N, 5, S, S), uint8, of every bundle face (cached on disk)."""
+    """Masks (N, 1, S, S) and sketches (N, 5, S, S), uint8, of every bundle face (cached on disk,
+    the cache file named after everything that shapes them)."""
     n = len(landmarks68)
+    if cache is not None:
+        c = G.cfg
+        tag = f"l{c.mask_lift:g}g{c.mask_grow:g}c{int(c.mask_convex)}k{c.shape_components}"
+        if c.shape_components > 0:
+            tag += "-" + hashlib.sha256(G.shape_basis.detach().cpu().numpy().tobytes()).hexdigest()[:10]
+        cache = cache.with_name(cache.name.replace(".npz", f".{tag}.npz"))
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
-            if z["mask"].shape == (n, 1, size, size):
+            if z["mask"].shape == (n, 1, G.cfg.size, G.cfg.size):
                 return z["mask"], z["sketch"]
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        parts = list(pool.map(lambda lm: _render_conditions(lm, size), landmarks68))
+        parts = list(pool.map(lambda lm: _render_conditions(lm, G), landmarks68))
     masks = np.stack([p[0] for p in parts])
     sketches = np.stack([p[1] for p in parts])
     if cache is not None:
@@ -102,6 +110,15 @@ def precompute_conditions(landmarks68: np.ndarray, size: int, threads: int = 2,
         except OSError as exc:
             log.warning("cannot cache the conditioning maps at %s: %s", cache, exc)
     return masks, sketches
+
+
+def fit_shape_model(landmarks68: np.ndarray, size: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (136,) and the k leading principal modes (k, 136) of training-face landmarks, in
+    128-px crop coordinates (public training data only)."""
+    flat = np.asarray(landmarks68, np.float64).reshape(len(landmarks68), -1) * (128.0 / size)
+    mean = flat.mean(0)
+    _, _, vt = np.linalg.svd(flat - mean, full_matrices=False)
+    return mean, vt[:k]
 
 
 class InpaintTrainer:
@@ -134,15 +151,8 @@ class InpaintTrainer:
         self.data: FaceBundle = load_bundle(cfg.bundle, size=cfg.size, device=self.device, limit=cfg.limit, threads=threads)
         if self.data.landmarks68 is None:
             raise ValueError(f"{cfg.bundle} has no 68-point landmarks: rebuild it with scripts/build_train_bundle.py")
-        # On a GPU box the maps take seconds to draw on its many cores, and writing a multi-GB cache
-        # would eat a time-boxed window; on the CPU the cache saves a minute per restart.
-        cache = None if (cfg.limit or self.cuda) else Path(str(cfg.bundle) + f".cond{self.data.size}.npz")
-        masks, sketches = precompute_conditions(self.data.landmarks68.cpu().numpy(), self.data.size, threads, cache)
-        self.masks = torch.from_numpy(masks).to(self.device)
-        self.sketches = torch.from_numpy(sketches).to(self.device)
         self.event("data", faces=len(self.data), heldout=int(self.data.heldout.sum()), size=self.data.size,
-                   margin=self.data.margin, seconds=round(time.time() - t0, 1),
-                   mask_area=round(float(self.masks.float().mean() / 255), 3))
+                   margin=self.data.margin, seconds=round(time.time() - t0, 1))
         self.train_idx = torch.nonzero(~self.data.heldout).squeeze(1)
         held = torch.nonzero(self.data.heldout).squeeze(1)
         pick = torch.linspace(0, len(held) - 1, min(cfg.eval_faces, len(held))).round().long().to(held.device)
@@ -173,10 +183,30 @@ class InpaintTrainer:
         self._last_eval: dict = {}
         self._last_eval_outputs = None
         self.judge = self._load_judge()
+        self._init_has_shape = False
         if cfg.resume:
             self.load_full(cfg.resume)
         elif cfg.init:
             self.load_weights(cfg.init)
+        if self.net_cfg.shape_components > 0:
+            # The public shape model is fitted here, on the training faces, and ships in the weights;
+            # a resumed or initialised run keeps the one it was trained with.
+            if not cfg.resume and not (cfg.init and self._init_has_shape):
+                mean, basis = fit_shape_model(self.data.landmarks68[~self.data.heldout].cpu().numpy(),
+                                              self.data.size, self.net_cfg.shape_components)
+                for g in (self.G, self.G_ema):
+                    g.shape_mean.copy_(torch.from_numpy(mean))
+                    g.shape_basis.copy_(torch.from_numpy(basis))
+        t0 = time.time()
+        # On a GPU box the maps take seconds to draw on its many cores, and writing a multi-GB cache
+        # would eat a time-boxed window; on the CPU the cache saves a minute per restart.
+        cache = None if (cfg.limit or self.cuda) else Path(str(cfg.bundle) + f".cond{self.data.size}.npz")
+        masks, sketches = precompute_conditions(self.data.landmarks68.cpu().numpy(), self.G, threads, cache)
+        self.masks = torch.from_numpy(masks).to(self.device)
+        self.sketches = torch.from_numpy(sketches).to(self.device)
+        self.event("conditions", seconds=round(time.time() - t0, 1), mask_area=round(float(self.masks.float().mean() / 255), 3),
+                   mask_lift=self.net_cfg.mask_lift, mask_grow=self.net_cfg.mask_grow, mask_convex=self.net_cfg.mask_convex,
+                   shape_components=self.net_cfg.shape_components)
         self.G_run, self.D_run = self.G, self.D
         if cfg.compile:
             self.G_run, self.D_run = torch.compile(self.G), torch.compile(self.D)
@@ -480,10 +510,11 @@ class InpaintTrainer:
         with safe_open(str(path), "pt") as fh:
             keys = set(fh.keys())
             meta = fh.metadata() or {}
+        self._init_has_shape = any(k.endswith("shape_basis") for k in keys)
         if not any(k.startswith("D.") for k in keys):
             model, id_mean, _ = load_generator(path, device=self.device)
-            self.G.load_state_dict(model.state_dict())
-            self.G_ema.load_state_dict(model.state_dict())
+            _load_matching(self.G, model.state_dict())
+            _load_matching(self.G_ema, model.state_dict())
             self._set_id_mean(id_mean)
             self.event("initialised", path=str(path), discriminator="fresh")
             return
@@ -492,9 +523,9 @@ class InpaintTrainer:
         def part(prefix: str) -> dict:
             return {k[len(prefix):]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith(prefix)}
 
-        self.G.load_state_dict(part("G."))
+        _load_matching(self.G, part("G."))
         self.D.load_state_dict(part("D."))
-        self.G_ema.load_state_dict(part("G_ema.") if any(k.startswith("G_ema.") for k in keys) else part("G."))
+        _load_matching(self.G_ema, part("G_ema.") if any(k.startswith("G_ema.") for k in keys) else part("G."))
         self._set_id_mean(tensors["id_mean"])
         self.step = int(meta.get("step", 0))
         self.images_seen = int(meta.get("images_seen", 0))
@@ -506,7 +537,7 @@ class InpaintTrainer:
         from safetensors.torch import save_file
 
         def half(sd: dict, prefix: str) -> dict:
-            return {prefix + k: (v.half() if v.is_floating_point() else v).detach().contiguous().cpu() for k, v in sd.items()}
+            return {prefix + k: (v.half() if keeps_fp16(k, v) else v).detach().contiguous().cpu() for k, v in sd.items()}
 
         meta = {k: str(v) for k, v in self._counters().items()}
         tensors = {**half(self.G.state_dict(), "G."), **half(self.G_ema.state_dict(), "G_ema."), **half(self.D.state_dict(), "D.")}
@@ -588,6 +619,16 @@ class InpaintTrainer:
                    wall_s=round(time.time() - self.start_time, 1))
         self._log_file.close()
         return final
+
+
+def _load_matching(module: torch.nn.Module, state: dict) -> None:
+    """Load weights whose config may differ only in conditioning (mask, shape model): every
+    learned tensor must match; the shape-model buffers may be absent (they are fitted)."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state and not k.startswith("shape_")]
+    if missing:
+        raise ValueError(f"checkpoint lacks {missing[:5]}{'…' if len(missing) > 5 else ''}")
+    module.load_state_dict({k: state[k].to(own[k].dtype) for k in own if k in state}, strict=False)
 
 
 def _flip_theta(theta: torch.Tensor) -> torch.Tensor:
