@@ -87,7 +87,8 @@ def test_bundle_and_pairs(tiny_bundle: Path) -> None:
     meta = json.loads(str(np.load(tiny_bundle)["meta"]))
     assert meta["margin"] == 0.25 and meta["size"] == 128
     assert data.images.shape[1:] == (64, 64, 3) and data.images.dtype == torch.uint8
-    assert set(data.source.tolist()) == {0, 1}
+    assert set(data.source.tolist()) <= {0, 1, 2} and {0, 1} <= set(data.source.tolist())  # UTKFace, CelebA, CelebA-256
+    assert data.landmarks68 is not None and data.landmarks68.shape[1:] == (68, 2)
     assert bool(((data.landmarks > 0) & (data.landmarks < 64)).all())
     ident = torch.tensor([5, 5, 7, -1, 5, 9, 9])
     pairs = PairIndex(ident, torch.ones(7, dtype=torch.bool))
