@@ -45,3 +45,15 @@ def train_dir() -> Path:
     if not TRAIN_DIR.is_dir():
         pytest.skip(f"training data not found at {TRAIN_DIR}")
     return TRAIN_DIR
+
+
+@pytest.fixture(scope="session")
+def bundle_builder():
+    """``scripts/build_train_bundle.py`` as a module (its ``main`` builds real training bundles)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "build_train_bundle.py"
+    spec = importlib.util.spec_from_file_location("build_train_bundle", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -15,21 +14,13 @@ import torch
 from identitydp.errors import WeightsError
 from identitydp.generate.networks import FaceGenerator, MultiScalePatchDiscriminator, NetConfig, count_params
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _builder():
-    spec = importlib.util.spec_from_file_location("build_train_bundle", REPO / "scripts" / "build_train_bundle.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(train_dir: Path, tmp_path_factory) -> Path:
+def tiny_bundle(train_dir: Path, tmp_path_factory, bundle_builder) -> Path:
     """A real bundle of 24 training faces (UTKFace and CelebA) built by the bundle script."""
     out = tmp_path_factory.mktemp("bundle") / "tiny"
-    builder = _builder()
+    builder = bundle_builder
     assert builder.main(["detect", "--data", str(train_dir), "--out", str(out), "--limit", "24"]) == 0
     assert builder.main(["pack", "--out", str(out), "--max-mb", "0.1"]) == 0
     return out.with_suffix(".npz")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -21,22 +20,14 @@ from identitydp.generate.inpaint import (
     landmark_sketch,
 )
 
-REPO = Path(__file__).resolve().parent.parent
 SMALL = {"channels": [8, 16, 32, 32, 32, 32, 32]}
 
 
-def _builder():
-    spec = importlib.util.spec_from_file_location("build_train_bundle", REPO / "scripts" / "build_train_bundle.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
-def v2_bundle(train_dir: Path, tmp_path_factory) -> Path:
+def v2_bundle(train_dir: Path, tmp_path_factory, bundle_builder) -> Path:
     """A real bundle of 30 training faces (UTKFace, CelebA, CelebA-256) with 68-point landmarks."""
     out = tmp_path_factory.mktemp("v2bundle") / "tiny"
-    builder = _builder()
+    builder = bundle_builder
     assert builder.main(["detect", "--data", str(train_dir), "--out", str(out), "--limit", "30"]) == 0
     assert builder.main(["pack", "--out", str(out), "--max-mb", "0.2"]) == 0
     return out.with_suffix(".npz")

@@ -57,6 +57,7 @@ from .identity import (
 from .checkpoint import EXPORT_FORMAT, export_generator, load_generator  # noqa: F401 (re-exported)
 from .networks import FaceGenerator, MultiScalePatchDiscriminator, NetConfig, count_params
 from .train_options import TrainConfig, add_arguments, config_from_args
+from ..training.state import flip_theta, load_full_state, match_param_strides as _match_param_strides, save_full_state  # noqa: F401
 
 log = logging.getLogger("identitydp.train")
 
@@ -279,19 +280,10 @@ class Trainer:
         theta = self.chip_theta[idx]
         flip = torch.rand(len(idx), device=self.device, generator=self.gen) < 0.5
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
-        theta = torch.where(flip[:, None, None], self._flip_theta(theta), theta)
+        theta = torch.where(flip[:, None, None], flip_theta(theta), theta)
         jit = torch.rand(len(idx), 2, device=self.device, generator=self.gen) * 2 - 1
         x = (x * (1 + 0.1 * jit[:, :1, None, None]) + 0.1 * jit[:, 1:, None, None]).clamp(-1, 1)
         return x.contiguous(memory_format=self.memory_format), theta, flip
-
-    @staticmethod
-    def _flip_theta(theta: torch.Tensor) -> torch.Tensor:
-        """Warp of the mirrored crop to the mirrored chip: x_n → −x_n on both sides of the warp."""
-        flipped = theta.clone()
-        flipped[:, 0, 1] = -theta[:, 0, 1]
-        flipped[:, 1, 0] = -theta[:, 1, 0]
-        flipped[:, 0, 2] = -theta[:, 0, 2]
-        return flipped
 
     def _batch(self) -> dict:
         b = self.cfg.batch
@@ -323,7 +315,7 @@ class Trainer:
             batch["id2_w"] = (~noisy).float()
             flip = batch.pop("flip")
             theta2 = self.id2_theta[idx]
-            batch["theta2"] = torch.where(flip[:, None, None], self._flip_theta(theta2), theta2)
+            batch["theta2"] = torch.where(flip[:, None, None], flip_theta(theta2), theta2)
         else:
             batch.pop("flip")
         return batch
@@ -471,42 +463,12 @@ class Trainer:
 
     def save_full(self) -> None:
         """fp32 G, EMA G, D and both Adam states (exact resumption)."""
-        from safetensors.torch import save_file
-
-        tensors = {}
-        for prefix, module in (("G.", self.G), ("G_ema.", self.G_ema), ("D.", self.D)):
-            for k, v in module.state_dict().items():
-                tensors[prefix + k] = v.detach().contiguous().cpu()
-        for prefix, opt in (("opt_g.", self.opt_g), ("opt_d.", self.opt_d)):
-            for i, state in opt.state_dict()["state"].items():
-                for k, v in state.items():
-                    tensors[f"{prefix}{i}.{k}"] = torch.as_tensor(v).detach().contiguous().cpu()
-        tensors["id_mean"] = self.id_mean.float().cpu()
-        meta = {k: str(v) for k, v in self._counters().items()}
-        tmp = self.full_ckpt.with_suffix(".tmp")
-        self.full_ckpt.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, self.full_ckpt)
+        save_full_state(self.full_ckpt, {"G.": self.G, "G_ema.": self.G_ema, "D.": self.D},
+                        {"opt_g.": self.opt_g, "opt_d.": self.opt_d}, {"id_mean": self.id_mean.float()}, self._counters())
 
     def load_full(self, path: str | Path) -> None:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(path), device=str(self.device))
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
-        for prefix, module in (("G.", self.G), ("G_ema.", self.G_ema), ("D.", self.D)):
-            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-        for prefix, opt in (("opt_g.", self.opt_g), ("opt_d.", self.opt_d)):
-            sd = opt.state_dict()
-            state: dict = {}
-            for k, v in tensors.items():
-                if k.startswith(prefix):
-                    i, name = k[len(prefix):].split(".", 1)
-                    state.setdefault(int(i), {})[name] = v if name != "step" else v.cpu()
-            sd["state"] = state
-            opt.load_state_dict(sd)
-            _match_param_strides(opt)
+        tensors, meta = load_full_state(path, {"G.": self.G, "G_ema.": self.G_ema, "D.": self.D},
+                                        {"opt_g.": self.opt_g, "opt_d.": self.opt_d}, self.device)
         self.id_mean = tensors["id_mean"].to(self.device)
         self.z = centre(self._embed_bundle(), self.id_mean)
         self.step = int(meta.get("step", 0))
@@ -624,20 +586,6 @@ class Trainer:
                    wall_s=round(time.time() - self.start_time, 1))
         self._log_file.close()
         return final
-
-
-def _match_param_strides(opt: torch.optim.Optimizer) -> None:
-    """Give every Adam moment its parameter's memory format (channels_last on CUDA).
-
-    Moments read back from a checkpoint are contiguous; fused Adam refuses moments whose strides
-    differ from their parameter's ("must have same dtype, device, and layout")."""
-    for group in opt.param_groups:
-        for p in group["params"]:
-            state = opt.state.get(p, {})
-            for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-                v = state.get(name)
-                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
-                    state[name] = torch.empty_like(p).copy_(v)
 
 
 def run_from_args(args: argparse.Namespace) -> int:

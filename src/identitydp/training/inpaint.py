@@ -68,6 +68,7 @@ from ..generate.identity import (
 )
 from ..generate.inpaint import InpaintConfig, InpaintGenerator, MaskedPatchDiscriminator, landmark_sketch, mask_for
 from .options import InpaintTrainConfig, add_arguments, config_from_args
+from .state import flip_theta, load_full_state, save_full_state
 
 log = logging.getLogger("identitydp.training")
 
@@ -297,7 +298,7 @@ class InpaintTrainer:
         flip = torch.rand(b, device=dev, generator=self.gen) < 0.5
         fl = flip[:, None, None, None]
         x, mask, sketch = (torch.where(fl, t.flip(3), t) for t in (x, mask, sketch))
-        theta = torch.where(flip[:, None, None], _flip_theta(theta), theta)
+        theta = torch.where(flip[:, None, None], flip_theta(theta), theta)
         jit = torch.rand(b, 2, device=dev, generator=self.gen) * 2 - 1
         x = (x * (1 + 0.1 * jit[:, :1, None, None]) + 0.1 * jit[:, 1:, None, None]).clamp(-1, 1)
 
@@ -453,42 +454,12 @@ class InpaintTrainer:
 
     def save_full(self) -> None:
         """fp32 G, EMA G, D and both Adam states (exact resumption)."""
-        from safetensors.torch import save_file
-
-        tensors = {}
-        for prefix, module in (("G.", self.G), ("G_ema.", self.G_ema), ("D.", self.D)):
-            for k, v in module.state_dict().items():
-                tensors[prefix + k] = v.detach().contiguous().cpu()
-        for prefix, opt in (("opt_g.", self.opt_g), ("opt_d.", self.opt_d)):
-            for i, state in opt.state_dict()["state"].items():
-                for k, v in state.items():
-                    tensors[f"{prefix}{i}.{k}"] = torch.as_tensor(v).detach().contiguous().cpu()
-        tensors["id_mean"] = self.id_mean.float().cpu()
-        meta = {k: str(v) for k, v in self._counters().items()}
-        tmp = self.full_ckpt.with_suffix(".tmp")
-        self.full_ckpt.parent.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, self.full_ckpt)
+        save_full_state(self.full_ckpt, {"G.": self.G, "G_ema.": self.G_ema, "D.": self.D},
+                        {"opt_g.": self.opt_g, "opt_d.": self.opt_d}, {"id_mean": self.id_mean.float()}, self._counters())
 
     def load_full(self, path: str | Path) -> None:
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(path), device=str(self.device))
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
-        for prefix, module in (("G.", self.G), ("G_ema.", self.G_ema), ("D.", self.D)):
-            module.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
-        for prefix, opt in (("opt_g.", self.opt_g), ("opt_d.", self.opt_d)):
-            sd = opt.state_dict()
-            state: dict = {}
-            for k, v in tensors.items():
-                if k.startswith(prefix):
-                    i, name = k[len(prefix):].split(".", 1)
-                    state.setdefault(int(i), {})[name] = v if name != "step" else v.cpu()
-            sd["state"] = state
-            opt.load_state_dict(sd)
-            _match_param_strides(opt)
+        tensors, meta = load_full_state(path, {"G.": self.G, "G_ema.": self.G_ema, "D.": self.D},
+                                        {"opt_g.": self.opt_g, "opt_d.": self.opt_d}, self.device)
         self._set_id_mean(tensors["id_mean"])
         self.step = int(meta.get("step", 0))
         self.images_seen = int(meta.get("images_seen", 0))
@@ -629,26 +600,6 @@ def _load_matching(module: torch.nn.Module, state: dict) -> None:
     if missing:
         raise ValueError(f"checkpoint lacks {missing[:5]}{'…' if len(missing) > 5 else ''}")
     module.load_state_dict({k: state[k].to(own[k].dtype) for k in own if k in state}, strict=False)
-
-
-def _flip_theta(theta: torch.Tensor) -> torch.Tensor:
-    """Warp of the mirrored crop to the mirrored chip: x_n → −x_n on both sides of the warp."""
-    flipped = theta.clone()
-    flipped[:, 0, 1] = -theta[:, 0, 1]
-    flipped[:, 1, 0] = -theta[:, 1, 0]
-    flipped[:, 0, 2] = -theta[:, 0, 2]
-    return flipped
-
-
-def _match_param_strides(opt: torch.optim.Optimizer) -> None:
-    """Give every Adam moment its parameter's memory format (fused Adam refuses a mismatch)."""
-    for group in opt.param_groups:
-        for p in group["params"]:
-            state = opt.state.get(p, {})
-            for name in ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"):
-                v = state.get(name)
-                if isinstance(v, torch.Tensor) and v.shape == p.shape and v.stride() != p.stride():
-                    state[name] = torch.empty_like(p).copy_(v)
 
 
 def run_from_args(args: argparse.Namespace) -> int:
