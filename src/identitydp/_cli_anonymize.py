@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from ._cli_video import add_video_arguments
 from ._cli_types import MAX_SEED, bounded_float, bounded_int, divisor_of, epsilon, path_text, positive_float
 from .errors import IdentityDPError
 
@@ -44,6 +45,19 @@ def register(subparsers) -> None:
     )
     p.add_argument("--method", choices=METHOD_CHOICES, default="identitydp",
                    help="anonymization method (default: identitydp, the only one that keeps faces detectable at full privacy)")
+    add_method_arguments(p)
+    add_video_arguments(p)
+    p.set_defaults(func=run_anonymize)
+
+    d = subparsers.add_parser("detect", help="detect faces and print (or write) them as JSON")
+    d.add_argument("inputs", nargs="+", type=path_text, metavar="INPUT", help="image files or folders")
+    d.add_argument("--threshold", type=THRESHOLD, default=0.5, help="detection score threshold, in (0, 1) (default 0.5)")
+    d.add_argument("-o", "--output", type=path_text, help="write the JSON here instead of printing it")
+    d.set_defaults(func=run_detect)
+
+
+def add_method_arguments(p) -> None:
+    """Method, privacy, detection and output options shared by `anonymize` and `batch`."""
     p.add_argument("--epsilon", type=epsilon,
                    help=f"privacy parameter ε for dp-pix / identitydp (smaller = more private; identitydp default {DEFAULT_IDENTITYDP_EPSILON:g})")
     p.add_argument("--delta", type=bounded_float(0, 1, low_open=True, high_open=True), help="δ for the Gaussian mechanism (identitydp)")
@@ -64,20 +78,15 @@ def register(subparsers) -> None:
     p.add_argument("--m", type=bounded_int(1, DP_PIX_GRID**2), help="dp-pix: pixels that may differ between neighbours (default 16)")
     p.add_argument("--threshold", type=THRESHOLD, default=0.5, help="face detection score threshold, in (0, 1) (default 0.5)")
     p.add_argument("--seed", type=bounded_int(0, MAX_SEED), help="seed for a reproducible run (experiments only; default: OS randomness)")
-    p.add_argument("--budget", type=positive_float(), help="refuse to spend more than this ε on any one input (identitydp)")
+    p.add_argument("--budget", type=positive_float(),
+                   help="refuse to spend more than this ε on any one face, over all runs (dp-pix, identitydp); "
+                        "stored in the ledger: later runs keep it and cannot raise it")
+    p.add_argument("--ledger", type=path_text,
+                   help="privacy ledger file (default: $IDENTITYDP_LEDGER or ~/.local/share/identitydp/ledger.sqlite; "
+                        "one per user, whatever -o is)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never the inputs)")
     p.add_argument("--report", type=path_text, help="write a JSON report of every image and face to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
-    from ._cli_video import add_video_arguments
-
-    add_video_arguments(p)
-    p.set_defaults(func=run_anonymize)
-
-    d = subparsers.add_parser("detect", help="detect faces and print (or write) them as JSON")
-    d.add_argument("inputs", nargs="+", type=path_text, metavar="INPUT", help="image files or folders")
-    d.add_argument("--threshold", type=THRESHOLD, default=0.5, help="detection score threshold, in (0, 1) (default 0.5)")
-    d.add_argument("-o", "--output", type=path_text, help="write the JSON here instead of printing it")
-    d.set_defaults(func=run_detect)
 
 
 def _method_params(args) -> dict:
@@ -94,114 +103,153 @@ def _method_params(args) -> dict:
     return params
 
 
-def _plan_outputs(args, images: list[tuple[Path, Path]]) -> list[tuple[Path, Path]]:
-    """Pair every input with its output path."""
-    from .io import IMAGE_SUFFIXES
+def config_from_args(args, method_params: dict | None = None):
+    """The :class:`~identitydp.jobs.AnonymizerConfig` that the CLI options describe."""
+    from .jobs import AnonymizerConfig
 
-    if args.output is None:
-        return [(src, src.with_name(f"{src.stem}.anonymized{src.suffix}")) for src, _ in images]
-    out = Path(args.output)
-    single_file_input = len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
-    if single_file_input and out.suffix.lower() in IMAGE_SUFFIXES:
-        return [(images[0][0], out)]
-    return [(src, out / rel) for src, rel in images]
+    if args.method == "identitydp" and args.epsilon is None:
+        args.epsilon = DEFAULT_IDENTITYDP_EPSILON
+    params = _method_params(args) if method_params is None else method_params
+    return AnonymizerConfig.create(args.method, threshold=args.threshold, seed=args.seed, **params)
+
+
+def ledger_path_from_args(args) -> Path:
+    from .privacy.store import default_ledger_path
+
+    return Path(args.ledger) if getattr(args, "ledger", None) else default_ledger_path()
+
+
+def video_options_from_args(args):
+    from .jobs import VideoOptions
+
+    return VideoOptions(audio=not args.no_audio, detect_every=args.detect_every, max_missing=args.max_missing,
+                        lookback=args.lookback)
+
+
+def print_plan_notes(plan, quiet: bool) -> None:
+    """Say what the plan leaves out (skipped formats, our own outputs, missing inputs) on stderr."""
+    for missing in plan.missing:
+        print(f"failed: {missing}: no such file or folder", file=sys.stderr)
+    if quiet:
+        return
+    for skipped in plan.skipped:
+        print(f"skipped: {skipped.source}: {skipped.reason}", file=sys.stderr)
+
+
+def print_summary(summary, plan, method: str, ledger_path: Path | None) -> None:
+    """The end-of-run lines every front end on a terminal prints (stdout; failures on stderr)."""
+    for r in summary.results:
+        if r.status in ("failed", "refused"):
+            print(f"{r.status}: {r.reason}", file=sys.stderr)
+    done = [r for r in summary.results if r.status == "done"]
+    images = [r for r in summary.results if r.item.kind == "image"]
+    videos = [r for r in summary.results if r.item.kind == "video"]
+    for r in done:
+        if r.item.kind == "video" and r.report:
+            rep = r.report
+            print(f"wrote {r.item.output}: {rep['frames']} frames, {len(rep['tracks'])} face tracks, "
+                  f"{rep['masked']} faces masked solid; {rep['fps']:.1f} frames/s")
+    done_images = [r for r in done if r.item.kind == "image"]
+    if len(done_images) == 1:
+        print(f"wrote {done_images[0].item.output}")
+    elif done_images:
+        print(f"wrote {len(done_images)} images")
+    failed = summary.count("failed") + len(plan.missing)
+    parts = []
+    if images or not videos:
+        faces = sum(r.faces for r in images if r.status == "done")
+        parts.append(f"{len(images)} images, {faces} faces anonymized with {method}")
+    if videos:
+        parts.append(f"{len(videos)} videos, {sum(r.faces for r in videos if r.status == 'done')} face tracks")
+    line = ", ".join(parts)
+    if summary.masked:
+        line += f", {summary.masked} faces masked solid because they could not be anonymized"
+    if summary.count("skipped"):
+        line += f", {summary.count('skipped')} skipped (already done or our own outputs)"
+    if summary.count("refused"):
+        line += f", {summary.count('refused')} refused (over the privacy budget, nothing written)"
+    line += f", {failed} failed"
+    print(line)
+    if summary.ledger is not None and summary.releases:
+        print(f"privacy ledger: {ledger_path} ({summary.releases} releases now; max ε spent on one face: "
+              f"{summary.ledger['max_spent_epsilon']})")
 
 
 def run_anonymize(args) -> int:
     from tqdm import tqdm
 
-    from .io import collect_images
-    from .pipeline import Anonymizer
+    from .jobs import Job, plan_job
 
-    from ._cli_video import run_videos, split_videos
-
-    if args.method == "identitydp" and args.epsilon is None:
-        args.epsilon = DEFAULT_IDENTITYDP_EPSILON
+    config = config_from_args(args)
     _warn_if_not_private(args)
-    videos, args.inputs = split_videos(args.inputs)
-    # Collect and plan everything before processing anything, so that a bad --report is
-    # refused before any work (and before any output is written).
-    images = collect_images(args.inputs) if args.inputs else []
-    if args.inputs and not images:
-        print("identitydp: no images found in the inputs", file=sys.stderr)
-        return 2
-    plan = _plan_outputs(args, images) if images else []
-    video_report = image_report = None
-    if args.report:
-        from ._cli_video import planned_paths
-
-        image_report = Path(args.report)
-        video_report = image_report if not images else image_report.with_suffix(".videos.json")
-        video_inputs, video_outputs = planned_paths(args, videos, single=len(videos) == 1 and not images)
-        inputs = [src for src, _ in plan] + video_inputs
-        outputs = [dst for _, dst in plan] + video_outputs
-        if plan and args.method in ("identitydp", "dp-pix"):
-            outputs.append(_ledger_path(args, plan))
-        for path in ([video_report] if videos else []) + ([image_report] if images else []):
-            problem = report_path_problem(path, inputs, outputs)
-            if problem:
-                print(f"identitydp: --report {problem}", file=sys.stderr)
-                return 2
-    video_rc = 0
-    if videos:
-        # Video files go through the tracking pipeline (identitydp.video); images continue below.
-        video_rc, video_reports = run_videos(args, videos, single=len(videos) == 1 and not images)
-        if video_report is not None and not _write_report(video_report, {"videos": video_reports}):
-            return EXIT_ERROR
-        if not images:
-            return video_rc
-    protected = {src.resolve() for src, _ in plan}
-    anonymizer = Anonymizer(args.method, threshold=args.threshold, seed=args.seed, **_method_params(args))
-    ledger = ledger_path = None
-    if args.method in ("identitydp", "dp-pix"):
-        from .privacy.ledger import PrivacyLedger
-
-        ledger_path = _ledger_path(args, plan)
-        # Continue an existing ledger: anonymizing the same photo again is another release of the
-        # same faces, and the budget must see it.
-        ledger = PrivacyLedger.load(ledger_path) if ledger_path.exists() else PrivacyLedger()
-        ledger.budget = args.budget
-    elif args.budget is not None:
+    if args.budget is not None and not config.is_dp:
         print(f"identitydp: --budget applies to dp-pix and identitydp, not {args.method}", file=sys.stderr)
         return 2
-    n_faces = n_masked = 0
-    failures: list[tuple[Path, str]] = []
-    reports = []
-    show_progress = len(plan) >= PROGRESS_MIN_IMAGES and not args.quiet
-    for src, dst in tqdm(plan, disable=not show_progress, unit="img", desc="anonymizing", file=sys.stderr):
-        try:
-            report = anonymizer.anonymize_file(
-                src, dst, overwrite=args.overwrite, protected=protected,
-                before_write=(lambda r, s=src: _charge(ledger, s, r)) if ledger is not None else None,
-            )
-        except IdentityDPError as exc:
-            failures.append((src, str(exc)))
-            continue
-        n_faces += report.num_faces
-        n_masked += report.num_masked
-        reports.append(report.to_json())
-    if ledger is not None and reports:
-        ledger.write(ledger_path)
-    if image_report is not None:
-        failed = [{"input": str(s), "error": e} for s, e in failures]
-        if not _write_report(image_report, {"images": reports, "failures": failed}):
+    plan = plan_job(args.inputs, args.output)
+    if not plan.items and not plan.missing:
+        print("identitydp: no images or videos found in the inputs", file=sys.stderr)
+        return 2
+    ledger_path = ledger_path_from_args(args) if config.is_dp else None
+    report_path = Path(args.report) if args.report else None
+    if report_path is not None:
+        # Checked before any work, so that a bad --report writes nothing at all.
+        outputs = plan.outputs + ([ledger_path] if ledger_path else [])
+        problem = report_path_problem(report_path, plan.inputs, outputs)
+        if problem:
+            print(f"identitydp: --report {problem}", file=sys.stderr)
+            return 2
+    print_plan_notes(plan, args.quiet)
+    if not plan.items:
+        return 1
+    with Job(config, ledger=ledger_path, budget=args.budget, overwrite=args.overwrite,
+             video=video_options_from_args(args)) as job:
+        show = not args.quiet
+        many = len(plan.items) >= PROGRESS_MIN_IMAGES
+        summary = None
+        with tqdm(total=len(plan.items), disable=not (show and many), unit="file", desc="anonymizing", file=sys.stderr) as bar:
+            from .jobs import JobSummary
+
+            summary = JobSummary()
+            for item in plan.items:
+                frames_bar = None
+                if item.kind == "video" and show:
+                    frames_bar = tqdm(unit="frame", desc=item.source.name, file=sys.stderr, dynamic_ncols=True, leave=not many)
+
+                def frame_progress(n, total, b=frames_bar):
+                    if b is not None:
+                        if total and b.total != total:
+                            b.total = total
+                        b.update(n - b.n)
+
+                result = job.run_item(item, frame_progress=frame_progress if frames_bar is not None else None)
+                if frames_bar is not None:
+                    frames_bar.close()
+                summary.results.append(result)
+                bar.update(1)
+            if job.ledger is not None:
+                summary.ledger = job.ledger.summary()
+    if report_path is not None:
+        data = {
+            "images": [r.report for r in summary.results if r.item.kind == "image" and r.status == "done"],
+            "videos": [r.report for r in summary.results if r.item.kind == "video" and r.status == "done"],
+            "failures": [{"input": str(r.item.source), "status": r.status, "error": r.reason}
+                         for r in summary.results if r.status in ("failed", "refused")]
+                        + [{"input": str(m), "status": "failed", "error": "no such file or folder"} for m in plan.missing],
+            "skipped": [{"input": str(r.item.source), "reason": r.reason} for r in summary.results if r.status == "skipped"]
+                       + [{"input": str(s.source), "reason": s.reason} for s in plan.skipped],
+            "config": config.to_dict(),
+            "ledger": summary.ledger,
+        }
+        if not _write_report(report_path, data):
             return EXIT_ERROR
     if not args.quiet:
-        for src, err in failures:
-            print(f"failed: {err}", file=sys.stderr)
-        written = [r["output"] for r in reports]
-        if len(written) == 1:
-            print(f"wrote {written[0]}")
-        elif written:
-            print(f"wrote {len(written)} images under {Path(args.output) if args.output else 'their input folders'}")
-        summary = f"{len(plan)} images, {n_faces} faces anonymized with {args.method}"
-        if n_masked:
-            summary += f", {n_masked} faces masked solid because they could not be anonymized"
-        summary += f", {len(failures)} failed"
-        print(summary)
-        if ledger is not None and reports:
-            print(f"privacy ledger: {ledger_path} (max ε spent on one face: {ledger.max_spent().epsilon:g})")
-    return max(video_rc, 1 if failures else 0)
+        print_summary(summary, plan, args.method, ledger_path)
+    else:
+        for r in summary.results:
+            if r.status in ("failed", "refused"):
+                print(f"{r.status}: {r.reason}", file=sys.stderr)
+    bad = summary.count("failed") + summary.count("refused") + len(plan.missing)
+    return 1 if bad else 0
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -271,13 +319,6 @@ def _write_report(path: Path, data) -> bool:
     return True
 
 
-def _ledger_path(args, plan) -> Path:
-    if args.output and Path(args.output).suffix == "":
-        return Path(args.output) / "privacy_ledger.json"
-    first_out = plan[0][1]
-    return first_out.with_name(f"{first_out.stem}.ledger.json") if len(plan) == 1 else first_out.parent / "privacy_ledger.json"
-
-
 def run_detect(args) -> int:
     from .detect import CenterFaceDetector
     from .io import collect_images, read_image
@@ -313,14 +354,6 @@ def run_detect(args) -> int:
     return 1 if failed else 0
 
 
-def _face_key(source: Path, index: int) -> str:
-    """Ledger key of one face: the file's content hash, so a renamed copy is the same input."""
-    import hashlib
-
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
-    return f"{source.name}@{digest}#face{index}"
-
-
 def _warn_if_not_private(args) -> None:
     """Say on stderr when the outputs carry no privacy guarantee (the ledger records it too)."""
     import math
@@ -330,26 +363,3 @@ def _warn_if_not_private(args) -> None:
     if args.seed is not None:
         print("identitydp: warning: --seed makes the noise reproducible by anyone who knows or guesses the seed: "
               "for experiments only, not private against them", file=sys.stderr)
-
-
-def _charge(ledger, source: Path, report) -> None:
-    """Charge every face's release before the output is written, all or nothing per image.
-
-    Raises:
-        BudgetExceededError: some face would exceed ``--budget``; nothing is recorded or written.
-    """
-    import math
-
-    from .errors import BudgetExceededError
-
-    releases = [(_face_key(source, f.index), f.privacy) for f in report.faces if f.privacy]
-    for key, release in releases:
-        eps = release["epsilon"]
-        eps = math.inf if eps == "inf" else float(eps)
-        if eps > ledger.remaining(key) * (1 + 1e-9):
-            raise BudgetExceededError(
-                f"{source}: releasing face {key.rsplit('#', 1)[1]} at ε={eps:g} would exceed the budget "
-                f"(ε spent on it so far {ledger.spent(key).epsilon:g}, budget {ledger.budget:g}); nothing written"
-            )
-    for key, release in releases:
-        ledger.record(key, **release)

@@ -31,6 +31,29 @@ _FORMAT_BY_SUFFIX = {
 _ALPHA_FORMATS = {"PNG", "WEBP", "TIFF"}
 
 
+def _read_umask() -> int:
+    # /proc gives the umask without changing it (os.umask would, for every thread, for a moment).
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def output_mode() -> int:
+    """File mode of a new output: what ``open()`` would give under the current umask (0666 & ~umask).
+
+    Temporary files (``mkstemp``) are created 0600; outputs are renamed from them, so they are
+    chmod-ed to this first.
+    """
+    return 0o666 & ~_read_umask()
+
+
 @dataclass
 class LoadedImage:
     """A decoded image.
@@ -121,6 +144,7 @@ def write_image(
     protected: set[Path] | None = None,
     overwrite: bool = False,
     quality: int = 95,
+    before_commit=None,
 ) -> Path:
     """Write RGB uint8 pixels with no metadata at all, atomically.
 
@@ -131,6 +155,9 @@ def write_image(
         protected: resolved paths that must never be written (the inputs).
         overwrite: allow replacing an existing file that is not protected.
         quality: JPEG / WebP quality.
+        before_commit: optional ``callable(tmp_path)`` run on the complete temporary file just
+            before it is renamed to ``path`` (e.g. to record its hash); if it raises, nothing is
+            written.
 
     Raises:
         ImageWriteError: the target is an input, exists (without ``overwrite``), has an unknown
@@ -162,10 +189,13 @@ def write_image(
         options = {"compression": "tiff_deflate"}
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".identitydp-", suffix=path.suffix, dir=target.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".identitydp-{os.getpid()}-", suffix=path.suffix, dir=target.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
                 img.save(fh, format=fmt, **options)
+            os.chmod(tmp_name, output_mode())
+            if before_commit is not None:
+                before_commit(Path(tmp_name))
             os.replace(tmp_name, target)
         except BaseException:
             if os.path.exists(tmp_name):

@@ -70,6 +70,12 @@ class ImageReport:
         }
 
 
+def _rebuild_anonymizer(config_json: str) -> "Anonymizer":
+    from .jobs.config import AnonymizerConfig
+
+    return AnonymizerConfig.from_json(config_json).build()
+
+
 class Anonymizer:
     """Detect and anonymize every face of an image with one method.
 
@@ -102,6 +108,25 @@ class Anonymizer:
         self.detector = detector if detector is not None else CenterFaceDetector(threshold=threshold)
         self.seed = seed
         self._rng = np.random.default_rng(seed)
+        #: The :class:`~identitydp.jobs.AnonymizerConfig` this pipeline was built from, when it
+        #: was built from a method name with the stock detector (what pickling sends to workers).
+        self.config = None
+        if not isinstance(method, FaceAnonymizer) and type(self.detector) is CenterFaceDetector:
+            from .jobs.config import AnonymizerConfig
+
+            self.config = AnonymizerConfig.create(
+                method, threshold=self.detector.threshold, seed=seed, pad_tight=self.detector.pad_tight,
+                **{k: v for k, v in method_params.items() if k != "seed"},
+            )
+
+    def __reduce__(self):
+        # Models, ONNX nets and locks do not pickle; the configuration does, and rebuilds them.
+        if self.config is None:
+            raise TypeError(
+                "this Anonymizer was built from an anonymizer instance or a custom detector and cannot be pickled; "
+                "build it from a method name (or an AnonymizerConfig) to send it to workers"
+            )
+        return (_rebuild_anonymizer, (self.config.to_json(),))
 
     def detect(self, image: np.ndarray) -> Detections:
         return self.detector.detect(image)
@@ -168,6 +193,7 @@ class Anonymizer:
         max_missing: int = 12,
         lookback: int | None = None,
         tracker=None,
+        before_anonymize=None,
     ):
         """Anonymize an iterable of (H, W, 3) uint8 RGB frames with face tracking.
 
@@ -183,7 +209,8 @@ class Anonymizer:
         from .stream import AnonymizedStream
 
         return AnonymizedStream(
-            self, frames, detect_every=detect_every, max_missing=max_missing, lookback=lookback, tracker=tracker
+            self, frames, detect_every=detect_every, max_missing=max_missing, lookback=lookback, tracker=tracker,
+            before_anonymize=before_anonymize,
         )
 
     def anonymize_file(

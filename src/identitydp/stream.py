@@ -134,6 +134,9 @@ class AnonymizedStream:
         lookback: frames of delay used to anonymize a face before its first detection; ``None``
             picks ``max(4, detect_every)``.
         tracker: a configured :class:`FaceTracker` (overrides ``max_missing``).
+        before_anonymize: optional ``callable(frame_index, faces: list[TrackedFace])`` called just
+            before a frame's faces go to the anonymizer, i.e. before any noise is drawn for them (the
+            job layer charges the privacy ledger there); if it raises, the stream stops.
     """
 
     def __init__(
@@ -145,6 +148,7 @@ class AnonymizedStream:
         max_missing: int = 12,
         lookback: int | None = None,
         tracker: FaceTracker | None = None,
+        before_anonymize=None,
     ) -> None:
         if detect_every < 1:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
@@ -160,6 +164,7 @@ class AnonymizedStream:
         self._ended_pending: list[Track] = []
         self._started = False
         self.track_aware = isinstance(anonymizer.method, TrackAware)
+        self.before_anonymize = before_anonymize
 
     @property
     def tracks(self) -> list[Track]:
@@ -244,6 +249,8 @@ class AnonymizedStream:
             key=lambda f: f.track_id,
         )
         t0 = time.perf_counter()
+        if faces and self.before_anonymize is not None:
+            self.before_anonymize(item.index, faces)
         if faces:
             dets = faces_to_detections(faces)
             ids = [f.track_id for f in faces]

@@ -276,7 +276,7 @@ class _VideoWriter:
         self.av = av
         self.target = target
         suffix = target.suffix.lower()
-        fd, tmp = tempfile.mkstemp(prefix=".identitydp-", suffix=suffix, dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".identitydp-{os.getpid()}-", suffix=suffix, dir=target.parent)
         os.close(fd)
         self.tmp = Path(tmp)
         self.audio_status: list[str] = []
@@ -360,8 +360,8 @@ class _VideoWriter:
         frame.time_base = self.time_base
         self.container.mux(self.video.encode(frame))
 
-    def finish(self, flush_audio: bool = True) -> Path:
-        """Flush the encoders, close the file and move it to the target."""
+    def finish(self, flush_audio: bool = True, before_commit=None) -> Path:
+        """Flush the encoders, close the file and move it to the target (``before_commit(tmp)`` first)."""
         try:
             self.container.mux(self.video.encode(None))
             for out, resampler in self._audio_map.values():
@@ -375,6 +375,11 @@ class _VideoWriter:
             self.abort()
             raise
         try:
+            from .io import output_mode
+
+            os.chmod(self.tmp, output_mode())
+            if before_commit is not None:
+                before_commit(self.tmp)
             os.replace(self.tmp, self.target)
         except OSError as exc:
             self.abort()
@@ -423,6 +428,8 @@ def anonymize_video(
     progress: Callable[[int], None] | None = None,
     on_track: Callable[["Track"], None] | None = None,
     keep_frame_reports: bool = False,
+    before_anonymize: Callable[[int, list], None] | None = None,
+    before_commit: Callable[[Path], None] | None = None,
 ) -> VideoReport:
     """Anonymize every face of a video file and write the result.
 
@@ -440,6 +447,9 @@ def anonymize_video(
             there, e.g. a budget error, to abort the run and leave no output).
         keep_frame_reports: keep every frame's :class:`FrameReport` in the result (tests, tools;
             memory grows with the length).
+        before_anonymize: ``callable(frame_index, faces)`` before each frame's faces are anonymized
+            (see :class:`~identitydp.stream.AnonymizedStream`); the job layer charges the ledger there.
+        before_commit: ``callable(tmp_path)`` on the complete temporary output before its rename.
 
     Returns:
         A :class:`VideoReport`.
@@ -481,7 +491,8 @@ def anonymize_video(
                     times.append(frame.pts * frame.time_base if frame.pts is not None and frame.time_base else None)
                     yield _to_rgb(frame, _frame_rotation(frame))
 
-        stream = anonymizer.stream(frames(), detect_every=detect_every, max_missing=max_missing, lookback=lookback)
+        stream = anonymizer.stream(frames(), detect_every=detect_every, max_missing=max_missing, lookback=lookback,
+                                   before_anonymize=before_anonymize)
         finished = 0
         for out, frame_report in stream:
             if out.shape[1] != info.width or out.shape[0] != info.height:
@@ -507,7 +518,7 @@ def anonymize_video(
             raise VideoReadError(f"{source}: no video frames could be decoded")
         report.tracks = stream.tracks
         report.ledger = stream.ledger_json()
-        writer.finish()
+        writer.finish(before_commit=before_commit)
         writer = None
     except av.FFmpegError as exc:
         raise VideoWriteError(f"{source} -> {output}: video processing failed ({exc})") from exc

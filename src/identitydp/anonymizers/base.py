@@ -68,6 +68,11 @@ class FaceAnonymizer(ABC):
         """Parameters of this anonymizer, for reports and ledgers."""
         return {"method": self.name}
 
+    def release_cost(self):
+        """The :class:`~identitydp.privacy.PrivacyCost` of one face's release, known before any
+        noise is drawn (the job layer charges it first), or None for a method without DP."""
+        return None
+
 
 # Older name, kept so that stage code written against it keeps working.
 Anonymizer = FaceAnonymizer

@@ -250,3 +250,14 @@ class DPPixAnonymizer(RegionAnonymizer):
 
     def describe(self) -> dict:
         return {"method": self.name, "epsilon": self.epsilon, "block": self.block, "m": self.m, "grid": self.grid}
+
+    def release_cost(self):
+        from ..privacy.cost import PrivacyCost
+
+        return PrivacyCost(
+            mechanism="dp-pix-laplace",
+            epsilon=self.epsilon,
+            delta=0.0,
+            relation=f"canonical {self.grid}x{self.grid} RGB face grids differing in <= {self.m} pixels (all 3 channels)",
+            domain=f"block means, b = {self.block}, L1 sensitivity {self.sensitivity:g} grey levels",
+        )

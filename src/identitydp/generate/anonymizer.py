@@ -311,6 +311,13 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             raise ValueError(f"{len(track_ids)} track ids for {len(faces)} faces")
         return self._anonymize(image, faces, list(track_ids))
 
+    def release_cost(self):
+        return self.mechanism.privacy_cost()
+
+    def will_draw(self, track_id: int) -> bool:
+        """Whether the next face of ``track_id`` draws a new noisy identity (the track has none yet)."""
+        return track_id not in self._tracks
+
     def end_track(self, track_id: int) -> None:
         self._tracks.pop(track_id, None)
         self._track_noise.pop(track_id, None)

@@ -1,0 +1,168 @@
+"""A serialisable description of an anonymizer: what workers rebuild and what outputs record."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import IdentityDPError
+
+__all__ = ["AnonymizerConfig", "ConfigError", "DP_METHODS"]
+
+#: Methods whose outputs are DP releases, charged to the privacy ledger.
+DP_METHODS = ("dp-pix", "identitydp")
+CONFIG_FORMAT = "identitydp.anonymizer-config/1"
+
+
+class ConfigError(IdentityDPError):
+    """An anonymizer configuration is malformed, or its weights differ from the installed ones."""
+
+
+def _weights_for(method: str, params: Mapping[str, Any]) -> dict[str, str]:
+    """Registry name → SHA-256 of every weight file this configuration loads."""
+    from ..models.registry import registry
+
+    names = ["centerface"]
+    if method == "identitydp":
+        from ..generate.anonymizer import PROJECTION_NAME, WEIGHTS_NAME
+
+        names += ["dlib_resnet"]
+        weights = params.get("weights")
+        names.append(weights if isinstance(weights, str) and weights in registry() else WEIGHTS_NAME)
+        if params.get("projection") is True:
+            names.append(PROJECTION_NAME)
+    entries = registry()
+    return {name: entries[name].sha256 for name in names if name in entries}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return value
+
+
+def _unjson(key: str, value: Any) -> Any:
+    if key == "epsilon" and value == "inf":
+        return math.inf
+    return value
+
+
+@dataclass(frozen=True)
+class AnonymizerConfig:
+    """Everything needed to build the same :class:`~identitydp.pipeline.Anonymizer` anywhere.
+
+    Attributes:
+        method: ``blur``, ``pixelate``, ``mask``, ``dp-pix`` or ``identitydp``.
+        params: the method's keyword arguments (``None`` values dropped), e.g. ``{"epsilon": 1.0}``.
+        threshold: detector score threshold, in (0, 1).
+        seed: seed of a reproducible run (experiments only), or None for OS randomness.
+        pad_tight: run the detector's padded pass for tight face crops (off for video frames).
+        weights: registry name → SHA-256 of the weight files it loads; filled by :meth:`create`.
+    """
+
+    method: str
+    params: Mapping[str, Any] = field(default_factory=dict)
+    threshold: float = 0.5
+    seed: int | None = None
+    pad_tight: bool = True
+    weights: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, method: str, *, threshold: float = 0.5, seed: int | None = None, pad_tight: bool = True,
+               **params: Any) -> "AnonymizerConfig":
+        """A configuration with the installed weights' checksums recorded.
+
+        Raises:
+            ConfigError: unknown method or a parameter that is not JSON-serialisable.
+        """
+        from ..anonymizers import METHODS
+
+        if method not in METHODS:
+            raise ConfigError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        clean = {k: v for k, v in params.items() if v is not None}
+        try:
+            json.dumps({k: _jsonable(v) for k, v in clean.items()}, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"method parameters must be JSON values: {exc}") from exc
+        return cls(method=method, params=clean, threshold=float(threshold), seed=seed, pad_tight=bool(pad_tight),
+                   weights=_weights_for(method, clean))
+
+    @property
+    def is_dp(self) -> bool:
+        return self.method in DP_METHODS
+
+    def to_dict(self) -> dict:
+        return {
+            "format": CONFIG_FORMAT,
+            "method": self.method,
+            "params": {k: _jsonable(v) for k, v in sorted(self.params.items())},
+            "threshold": self.threshold,
+            "seed": self.seed,
+            "pad_tight": self.pad_tight,
+            "weights": dict(sorted(self.weights.items())),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, allow_nan=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "AnonymizerConfig":
+        """Read :meth:`to_dict` back.
+
+        Raises:
+            ConfigError: not a configuration of this format.
+        """
+        if not isinstance(data, Mapping) or data.get("format") != CONFIG_FORMAT:
+            raise ConfigError(f"not an identitydp anonymizer configuration ({CONFIG_FORMAT})")
+        try:
+            return cls(
+                method=str(data["method"]),
+                params={k: _unjson(k, v) for k, v in dict(data.get("params") or {}).items()},
+                threshold=float(data.get("threshold", 0.5)),
+                seed=data.get("seed"),
+                pad_tight=bool(data.get("pad_tight", True)),
+                weights=dict(data.get("weights") or {}),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"malformed anonymizer configuration: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str) -> "AnonymizerConfig":
+        try:
+            return cls.from_dict(json.loads(text))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"malformed anonymizer configuration: {exc}") from exc
+
+    @property
+    def fingerprint(self) -> str:
+        """Short SHA-256 of the canonical JSON: equal configurations, equal fingerprints."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def check_weights(self) -> None:
+        """Raise :class:`ConfigError` if the installed weights are not the ones recorded."""
+        installed = _weights_for(self.method, self.params)
+        for name, sha in self.weights.items():
+            if installed.get(name) != sha:
+                raise ConfigError(
+                    f"weights {name!r} here have SHA-256 {str(installed.get(name))[:12]}…, the configuration was made with "
+                    f"{sha[:12]}…: install the same identitydp version on every worker"
+                )
+
+    def build(self):
+        """The :class:`~identitydp.pipeline.Anonymizer` this describes (models loaded now).
+
+        Raises:
+            ConfigError: the installed weights differ from the recorded ones.
+        """
+        from ..detect import CenterFaceDetector
+        from ..pipeline import Anonymizer
+
+        self.check_weights()
+        detector = CenterFaceDetector(threshold=self.threshold, pad_tight=self.pad_tight)
+        anonymizer = Anonymizer(self.method, threshold=self.threshold, seed=self.seed, detector=detector, **dict(self.params))
+        anonymizer.config = self
+        return anonymizer
