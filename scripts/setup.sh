@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install identitydp into it. Usage: scripts/setup.sh [test]
 #   (default)  the package (images and video) and matplotlib for `identitydp eval`'s figures
-#   test       also pytest and the eval extra (the external `deface` baseline)
+#   test       also pytest, the eval extra (the external `deface` baseline) and the ray extra
+#              (the batch runner's Ray engine, tested on an embedded local Ray)
 # Versions come from constraints.txt (torch==2.13.0 is a CPU wheel on machines that mirror it).
 # Set PYTHON to choose the interpreter (Python >= 3.11).
 set -euo pipefail
@@ -29,7 +30,7 @@ else
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 if [ "${1:-}" = "test" ]; then
-  extras="plots,test,eval"
+  extras="plots,test,eval,ray"
 else
   extras="plots"
 fi

@@ -19,6 +19,7 @@ from .errors import IdentityDPError
 # Modules that contribute subcommands, in the order they appear in --help.
 SUBCOMMAND_MODULES = [
     "identitydp._cli_anonymize",
+    "identitydp.jobs._cli",
     "identitydp.models._cli",
     "identitydp.privacy._cli",
     "identitydp.generate._cli",
