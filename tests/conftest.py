@@ -57,3 +57,19 @@ def bundle_builder():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(autouse=True)
+def private_ledger(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own privacy ledger (never the user's ~/.local/share one)."""
+    path = tmp_path_factory.mktemp("ledger") / "ledger.sqlite"
+    monkeypatch.setenv("IDENTITYDP_LEDGER", str(path))
+    return path
+
+
+def read_ledger(path: Path) -> dict:
+    """The ledger's full export (faces, releases, events)."""
+    from identitydp.privacy.store import LedgerStore
+
+    with LedgerStore(path) as store:
+        return store.export()

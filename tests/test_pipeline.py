@@ -403,7 +403,8 @@ def test_cli_folder_tree_and_exit_codes(tmp_path, lfw_images, capsys):
     assert written == ["0.jpg", "2.jpg", "sub/1.jpg", "sub/3.jpg"]
     text = capsys.readouterr()
     assert "4 faces anonymized" in text.out and "broken.jpg" in text.err
-    assert cli_main(["anonymize", str(src / "0.jpg"), "-o", str(out / "0.jpg")]) == 1  # exists: that input fails
+    assert cli_main(["anonymize", str(src / "0.jpg"), "-o", str(out / "0.jpg")]) == 0  # exists: skipped (resume)
+    assert "1 skipped" in capsys.readouterr().out
     assert cli_main(["anonymize", str(src / "0.jpg"), "-o", str(out / "0.jpg"), "--overwrite"]) == 0
 
 
@@ -434,29 +435,28 @@ def test_collect_images_rejects_missing(tmp_path):
         collect_images([tmp_path / "nope"])
 
 
-def test_cli_budget_refuses_before_writing(tmp_path, capsys):
+def test_cli_budget_refuses_before_writing(tmp_path, capsys, private_ledger):
+    from conftest import read_ledger
+
     out = tmp_path / "o.jpg"
     args = ["anonymize", str(SAMPLE), "-o", str(out), "--method", "dp-pix", "--epsilon", "1", "--budget", "1.5"]
     assert cli_main(args) == 0
-    ledger = tmp_path / "o.ledger.json"
-    first = ledger.read_text()
-    import json
-
-    assert json.loads(first)["max_spent"]["epsilon"] == 1.0
+    first = read_ledger(private_ledger)
+    assert first["max_spent_epsilon"] == 1.0 and first["releases"]["released"] == 5
     out.unlink()
     # The same photo again is a second release of the same faces: over budget, nothing written.
     assert cli_main(args) == 1
-    assert not out.exists() and ledger.read_text() == first
-    assert "exceed the budget" in capsys.readouterr().err
+    assert not out.exists() and read_ledger(private_ledger)["release_log"] == first["release_log"]
+    assert "over its budget" in capsys.readouterr().err
     assert cli_main(["anonymize", str(SAMPLE), "-o", str(out), "--method", "blur", "--budget", "1"]) == 2  # blur has no ε
 
 
-def test_cli_default_is_identitydp_at_epsilon_1(tmp_path) -> None:
+def test_cli_default_is_identitydp_at_epsilon_1(tmp_path, private_ledger) -> None:
     """No --method: IdentityDP at ε = 1, with its privacy ledger."""
-    import json
+    from conftest import read_ledger
 
     out = tmp_path / "default.jpg"
     assert cli_main(["anonymize", str(SAMPLE), "-o", str(out), "--seed", "2", "--quiet"]) == 0
-    ledger = json.loads(out.with_suffix(".ledger.json").read_text())
-    assert ledger["max_spent"]["epsilon"] == 1.0
+    ledger = read_ledger(private_ledger)
+    assert ledger["max_spent_epsilon"] == 1.0
     assert not np.array_equal(read_image(out).pixels, read_image(SAMPLE).pixels)

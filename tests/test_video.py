@@ -511,24 +511,36 @@ def test_cli_videos_and_images_together(tmp_path, short_clip, lfw_images):
     assert count_frames(tmp_path / "clip.anonymized.mp4")[0] == short_clip.num_frames
 
 
-def test_cli_video_ledger_lists_tracks(tmp_path, short_clip):
-    """A DP method writes the privacy ledger with one entry per track and its frame range."""
+def test_cli_video_ledger_lists_tracks(tmp_path, short_clip, private_ledger):
+    """A DP method charges the ledger per track: DP-Pix one release per frame of the track
+    (charged before each frame's draw), all released once the clip is written."""
+    from conftest import read_ledger
+
     src = write_clip(tmp_path / "clip.mkv", _clip_frames(short_clip), FPS, short_clip.num_frames)
     out = tmp_path / "out.mkv"
-    rc = cli_main(["anonymize", str(src), "-o", str(out), "--method", "dp-pix", "--epsilon", "4", "--seed", "1", "--quiet"])
+    report = tmp_path / "r.json"
+    rc = cli_main(["anonymize", str(src), "-o", str(out), "--method", "dp-pix", "--epsilon", "4", "--seed", "1", "--quiet",
+                   "--report", str(report)])
     assert rc == 0
-    ledger = json.loads((tmp_path / "out.ledger.json").read_text())
-    tracks = ledger["video"]["tracks"]
-    assert len(tracks) >= 2
+    video = json.loads(report.read_text())["videos"][0]
+    ledger = read_ledger(private_ledger)
+    tracks = video["tracks"]
+    assert len(tracks) >= 2 and ledger["releases"] == {"released": ledger["releases"]["released"], "pending": 0, "void": 0}
+    spent = {f["key"]: f["spent"] for f in ledger["faces_detail"]}
     for t in tracks:
-        key = next(k for k in ledger["inputs"] if k.endswith(f"#track{t['track']}"))
-        (release,) = ledger["inputs"][key]["releases"]
+        key = video["ledger_keys"][str(t["track"])]
         # DP-Pix works per frame: one release per frame of the track (basic composition).
-        assert release["frames"] == t["frames"] and release["count"] == t["num_frames"] == t["releases"]
-        assert ledger["inputs"][key]["total"]["epsilon"] == 4.0 * t["num_frames"]
-    # A budget below one track's spending refuses the clip and writes nothing.
-    rc = cli_main(["anonymize", str(src), "-o", str(tmp_path / "refused.mkv"), "--method", "dp-pix", "--epsilon", "4", "--budget", "10", "--quiet"])
-    assert rc == 1 and not (tmp_path / "refused.mkv").exists() and not (tmp_path / "refused.ledger.json").exists()
+        assert spent[key]["releases"] == t["num_frames"] == t["releases"]
+        assert spent[key]["epsilon"] == 4.0 * t["num_frames"]
+    before = ledger["releases"]["released"]
+    # A budget below one track's spending refuses the clip, writes nothing, and the draws it
+    # had charged before stopping are void (never published), not spent.
+    rc = cli_main(["anonymize", str(src), "-o", str(tmp_path / "refused.mkv"), "--method", "dp-pix", "--epsilon", "4",
+                   "--ledger", str(tmp_path / "fresh.sqlite"), "--budget", "10", "--quiet"])
+    assert rc == 1 and not (tmp_path / "refused.mkv").exists()
+    fresh = read_ledger(tmp_path / "fresh.sqlite")
+    assert fresh["releases"]["released"] == 0 and fresh["releases"]["pending"] == 0 and fresh["releases"]["void"] > 0
+    assert read_ledger(private_ledger)["releases"]["released"] == before
 
 
 def test_identitydp_draws_one_identity_per_track(tmp_path, sprites, detector):
