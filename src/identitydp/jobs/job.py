@@ -145,6 +145,7 @@ class JobSummary:
 
     results: list[ItemResult] = field(default_factory=list)
     ledger: dict | None = None
+    timing: dict | None = None
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.results if r.status == status)
@@ -171,6 +172,7 @@ class JobSummary:
             "masked": self.masked,
             "releases": self.releases,
             "ledger": self.ledger,
+            "timing": self.timing,
             "items": [r.to_dict() for r in self.results],
         }
 
@@ -253,13 +255,19 @@ class Job:
     def run(self, items, *, progress: Callable[[ItemResult], None] | None = None) -> JobSummary:
         """Run every item in order; ``progress(result)`` after each. One failure never stops the rest."""
         summary = JobSummary()
+        t0 = time.perf_counter()
+        stamps = []
         for item in items:
             result = self.run_item(item)
+            stamps.append(time.perf_counter() - t0)
             summary.results.append(result)
             if progress is not None:
                 progress(result)
         if self.ledger is not None:
             summary.ledger = self.ledger.summary()
+        if len(stamps) > 1 and stamps[-1] > stamps[0]:
+            summary.timing = {"first_result_s": round(stamps[0], 2), "last_result_s": round(stamps[-1], 2),
+                              "steady_items_per_s": round((len(stamps) - 1) / (stamps[-1] - stamps[0]), 3)}
         return summary
 
     def run_item(self, item: WorkItem, *, frame_progress: Callable[[int, int | None], None] | None = None) -> ItemResult:
