@@ -209,7 +209,10 @@ def run_anonymize(args) -> int:
         with tqdm(total=len(plan.items), disable=not (show and many), unit="file", desc="anonymizing", file=sys.stderr) as bar:
             from .jobs import JobSummary
 
+            import time
+
             summary = JobSummary()
+            t0, stamps = time.perf_counter(), []
             for item in plan.items:
                 frames_bar = None
                 if item.kind == "video" and show:
@@ -225,9 +228,13 @@ def run_anonymize(args) -> int:
                 if frames_bar is not None:
                     frames_bar.close()
                 summary.results.append(result)
+                stamps.append(time.perf_counter() - t0)
                 bar.update(1)
             if job.ledger is not None:
                 summary.ledger = job.ledger.summary()
+            if len(stamps) > 1 and stamps[-1] > stamps[0]:
+                summary.timing = {"first_result_s": round(stamps[0], 2), "last_result_s": round(stamps[-1], 2),
+                                  "steady_items_per_s": round((len(stamps) - 1) / (stamps[-1] - stamps[0]), 3)}
     if report_path is not None:
         data = {
             "images": [r.report for r in summary.results if r.item.kind == "image" and r.status == "done"],
@@ -239,6 +246,7 @@ def run_anonymize(args) -> int:
                        + [{"input": str(s.source), "reason": s.reason} for s in plan.skipped],
             "config": config.to_dict(),
             "ledger": summary.ledger,
+            "timing": summary.timing,
         }
         if not _write_report(report_path, data):
             return EXIT_ERROR
