@@ -51,7 +51,11 @@ class ImageReport:
 
     @property
     def num_masked(self) -> int:
-        return sum(1 for f in self.faces if f.status != "anonymized")
+        return sum(1 for f in self.faces if f.status == "masked")
+
+    @property
+    def num_exempt(self) -> int:
+        return sum(1 for f in self.faces if f.status == "exempt")
 
     @property
     def privacy_releases(self) -> list[dict]:
@@ -63,7 +67,8 @@ class ImageReport:
             "output": str(self.output) if self.output else None,
             "method": self.method,
             "faces": [
-                {**det, "status": outcome.status, **({"error": outcome.error} if outcome.error else {})}
+                {**det, "status": outcome.status, **({"error": outcome.error} if outcome.error else {}),
+                 **({"exempt": outcome.exempt} if outcome.exempt else {})}
                 for det, outcome in zip(self.detections.to_json(), self.faces)
             ],
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
@@ -85,6 +90,8 @@ class Anonymizer:
         threshold: detector score threshold (lower finds more faces; a miss is a leak).
         seed: seed for reproducible runs (tests, experiments). ``None`` uses OS randomness.
         detector: an object with ``detect(rgb) -> Detections``; CenterFace by default.
+        exempt: an :class:`~identitydp.exempt.Exemptions` (consenting people's faces are left as
+            they are), or a folder of reference photos; None: every face is anonymized.
         **method_params: keyword arguments of the method (e.g. ``sigma=0.1``, ``epsilon=1``).
     """
 
@@ -95,6 +102,7 @@ class Anonymizer:
         threshold: float = 0.5,
         seed: int | None = None,
         detector=None,
+        exempt=None,
         **method_params,
     ) -> None:
         if isinstance(method, FaceAnonymizer):
@@ -108,16 +116,24 @@ class Anonymizer:
         self.detector = detector if detector is not None else CenterFaceDetector(threshold=threshold)
         self.seed = seed
         self._rng = np.random.default_rng(seed)
+        exempt_folder = None
+        if exempt is not None and not hasattr(exempt, "match"):
+            from .exempt import Exemptions
+
+            exempt_folder = str(Path(exempt).resolve())
+            exempt = Exemptions.from_folder(exempt, detector=self.detector)
+        self.exemptions = exempt
         #: The :class:`~identitydp.jobs.AnonymizerConfig` this pipeline was built from, when it
         #: was built from a method name with the stock detector (what pickling sends to workers).
         self.config = None
         if not isinstance(method, FaceAnonymizer) and type(self.detector) is CenterFaceDetector:
             from .jobs.config import AnonymizerConfig
 
-            self.config = AnonymizerConfig.create(
-                method, threshold=self.detector.threshold, seed=seed, pad_tight=self.detector.pad_tight,
-                **{k: v for k, v in method_params.items() if k != "seed"},
-            )
+            if exempt is None or exempt_folder is not None:
+                self.config = AnonymizerConfig.create(
+                    method, threshold=self.detector.threshold, seed=seed, pad_tight=self.detector.pad_tight,
+                    exempt=exempt_folder, **{k: v for k, v in method_params.items() if k != "seed"},
+                )
 
     def __reduce__(self):
         # Models, ONNX nets and locks do not pickle; the configuration does, and rebuilds them.
@@ -131,12 +147,16 @@ class Anonymizer:
     def detect(self, image: np.ndarray) -> Detections:
         return self.detector.detect(image)
 
-    def anonymize(self, image: np.ndarray, detections: Detections | None = None) -> tuple[np.ndarray, ImageReport]:
-        """Anonymize every face of an (H, W, 3) uint8 RGB image.
+    def anonymize(self, image: np.ndarray, detections: Detections | None = None, *,
+                  exempt_matches: list | None = None) -> tuple[np.ndarray, ImageReport]:
+        """Anonymize every face of an (H, W, 3) uint8 RGB image (but the exempt ones).
 
         Args:
             image: the frame; not modified.
             detections: faces to anonymize; detected with the pipeline's detector when None.
+            exempt_matches: per face, the :class:`~identitydp.exempt.ExemptMatch` that keeps it or
+                None; computed with :attr:`exemptions` when not given (the job layer passes them,
+                having charged only the faces that are not kept).
 
         Returns:
             The anonymized (H, W, 3) uint8 image and an :class:`ImageReport`.
@@ -151,12 +171,28 @@ class Anonymizer:
             detections = self.detector.detect(image)
         seconds["detect"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        if len(detections) == 0:
+        if exempt_matches is None:
+            exempt_matches = self.exemptions.match(image, detections) if self.exemptions is not None else [None] * len(detections)
+        if len(exempt_matches) != len(detections):
+            raise ValueError(f"{len(exempt_matches)} exemption results for {len(detections)} faces")
+        todo = [i for i, m in enumerate(exempt_matches) if m is None]
+        if not todo:
             out, outcomes = image.copy(), []
         else:
-            out, outcomes = self._anonymize_fail_closed(image, detections)
+            out, sub = self._anonymize_fail_closed(image, detections.subset(todo) if len(todo) < len(detections) else detections)
+            outcomes = []
+            for index, outcome in zip(todo, sub):
+                outcome.index = index
+                outcomes.append(outcome)
+        for i, m in enumerate(exempt_matches):
+            if m is not None:
+                outcomes.append(FaceOutcome(index=i, status="exempt", exempt=m.to_json()))
+        outcomes.sort(key=lambda o: o.index)
         seconds["anonymize"] = time.perf_counter() - t0
-        return out, ImageReport(detections=detections, faces=outcomes, method=self.method.describe(), seconds=seconds)
+        method = self.method.describe()
+        if self.exemptions is not None:
+            method = {**method, "exempt": self.exemptions.describe()}
+        return out, ImageReport(detections=detections, faces=outcomes, method=method, seconds=seconds)
 
     def _anonymize_fail_closed(
         self, image: np.ndarray, detections: Detections, track_ids: list[int] | None = None

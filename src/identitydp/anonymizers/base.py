@@ -22,16 +22,19 @@ class FaceOutcome:
 
     Attributes:
         index: index into the frame's :class:`Detections`.
-        status: ``"anonymized"``, or ``"masked"`` when processing failed and the face was masked
-            solid instead (fail closed).
+        status: ``"anonymized"``; ``"masked"`` when processing failed and the face was masked
+            solid instead (fail closed); ``"exempt"`` when it matched a consenting person's
+            reference photo and was left as it was (see :mod:`identitydp.exempt`).
         error: the reason for ``"masked"``.
         privacy: the privacy release of this face (mechanism, ε, δ, …), if the method is DP.
+        exempt: for ``"exempt"``: the matched person, reference file and distance.
     """
 
     index: int
     status: str = "anonymized"
     error: str | None = None
     privacy: dict | None = None
+    exempt: dict | None = None
 
 
 @dataclass

@@ -62,6 +62,8 @@ class AnonymizerConfig:
         seed: seed of a reproducible run (experiments only), or None for OS randomness.
         pad_tight: run the detector's padded pass for tight face crops (off for video frames).
         weights: registry name → SHA-256 of the weight files it loads; filled by :meth:`create`.
+        exempt: folder of reference photos of people who consent (their faces are kept), or None.
+            Workers read it again: it must be at the same path on every machine.
     """
 
     method: str
@@ -70,10 +72,11 @@ class AnonymizerConfig:
     seed: int | None = None
     pad_tight: bool = True
     weights: Mapping[str, str] = field(default_factory=dict)
+    exempt: str | None = None
 
     @classmethod
     def create(cls, method: str, *, threshold: float = 0.5, seed: int | None = None, pad_tight: bool = True,
-               **params: Any) -> "AnonymizerConfig":
+               exempt: str | None = None, **params: Any) -> "AnonymizerConfig":
         """A configuration with the installed weights' checksums recorded.
 
         Raises:
@@ -89,7 +92,7 @@ class AnonymizerConfig:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"method parameters must be JSON values: {exc}") from exc
         return cls(method=method, params=clean, threshold=float(threshold), seed=seed, pad_tight=bool(pad_tight),
-                   weights=_weights_for(method, clean))
+                   weights=_weights_for(method, clean), exempt=None if exempt is None else str(exempt))
 
     @property
     def is_dp(self) -> bool:
@@ -104,6 +107,7 @@ class AnonymizerConfig:
             "seed": self.seed,
             "pad_tight": self.pad_tight,
             "weights": dict(sorted(self.weights.items())),
+            "exempt": self.exempt,
         }
 
     def to_json(self) -> str:
@@ -126,6 +130,7 @@ class AnonymizerConfig:
                 seed=data.get("seed"),
                 pad_tight=bool(data.get("pad_tight", True)),
                 weights=dict(data.get("weights") or {}),
+                exempt=data.get("exempt"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed anonymizer configuration: {exc}") from exc
@@ -163,6 +168,7 @@ class AnonymizerConfig:
 
         self.check_weights()
         detector = CenterFaceDetector(threshold=self.threshold, pad_tight=self.pad_tight)
-        anonymizer = Anonymizer(self.method, threshold=self.threshold, seed=self.seed, detector=detector, **dict(self.params))
+        anonymizer = Anonymizer(self.method, threshold=self.threshold, seed=self.seed, detector=detector,
+                                exempt=self.exempt, **dict(self.params))
         anonymizer.config = self
         return anonymizer

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BudgetExceededError, IdentityDPError
+from ..exempt import ExemptionError
 from ..privacy.store import Charge, LedgerStore
 from .config import AnonymizerConfig
 from .plan import WorkItem
@@ -107,6 +108,7 @@ class ItemResult:
         reason: why, for every status but ``done``.
         faces: faces (image) or face tracks (video) found.
         masked: faces masked solid because they could not be anonymized (fail closed).
+        exempt: faces kept as they were because they matched a consenting person (no release).
         releases: privacy releases charged and released for this item.
         epsilon: the largest ε charged to one face of this item in this run.
         report: the pipeline's JSON report (image) or the video report.
@@ -122,10 +124,11 @@ class ItemResult:
     epsilon: float = 0.0
     report: dict | None = None
     seconds: float = 0.0
+    exempt: int = 0
 
     def to_dict(self) -> dict:
         out = {**self.item.to_dict(), "status": self.status, "faces": self.faces, "masked": self.masked,
-               "releases": self.releases, "epsilon": self.epsilon, "seconds": round(self.seconds, 3)}
+               "releases": self.releases, "epsilon": self.epsilon, "seconds": round(self.seconds, 3), "exempt": self.exempt}
         if self.reason:
             out["reason"] = self.reason
         if self.report is not None:
@@ -136,7 +139,7 @@ class ItemResult:
     def from_dict(cls, data: dict) -> "ItemResult":
         return cls(item=WorkItem.from_dict(data), status=data["status"], reason=data.get("reason"), faces=data["faces"],
                    masked=data["masked"], releases=data["releases"], epsilon=data["epsilon"], report=data.get("report"),
-                   seconds=data["seconds"])
+                   seconds=data["seconds"], exempt=data.get("exempt", 0))
 
 
 @dataclass
@@ -335,15 +338,18 @@ class Job:
             digest = pixel_digest(loaded.pixels)
             item_id = self._item_id(digest, item)
         detections = anonymizer.detect(loaded.pixels)
+        matches = (anonymizer.exemptions.match(loaded.pixels, detections) if anonymizer.exemptions is not None
+                   else [None] * len(detections))
+        released = [i for i, m in enumerate(matches) if m is None]  # exempt faces are no release
         cost = anonymizer.method.release_cost()
         keys: list[str] = []
-        if self.ledger is not None and cost is not None and len(detections):
-            keys = self.ledger.face_keys(digest, detections.boxes.tolist(), source_name=item.source.name)
+        if self.ledger is not None and cost is not None and released:
+            keys = self.ledger.face_keys(digest, detections.boxes[released].tolist(), source_name=item.source.name)
         try:
             if keys:
                 ids = self.ledger.charge(item_id, [Charge(k, cost) for k in keys], output=item.output.resolve(),
                                          config=self.config.to_dict(), note=self.release_note)
-            out, report = anonymizer.anonymize(loaded.pixels, detections)
+            out, report = anonymizer.anonymize(loaded.pixels, detections, exempt_matches=matches)
             report.source = item.source
             write_image(item.output, out, loaded.alpha, protected=self._protected(item), overwrite=self.overwrite,
                         before_commit=self._record_output(item_id) if ids else None)
@@ -357,14 +363,16 @@ class Job:
         data = report.to_json()
         data["config"] = self.config.fingerprint
         if ids:
-            for face, key in zip(data["faces"], keys):
-                face["ledger_key"] = key
+            for i, key in zip(released, keys):
+                data["faces"][i]["ledger_key"] = key
         return ItemResult(item, "done", faces=report.num_faces, masked=report.num_masked, releases=len(ids),
-                          epsilon=cost.epsilon if ids else 0.0, report=data)
+                          epsilon=cost.epsilon if ids else 0.0, report=data, exempt=report.num_exempt)
 
     def _run_video(self, item: WorkItem, frame_progress) -> ItemResult:
         from ..video import anonymize_video, probe_video
 
+        if self.config.exempt is not None:
+            raise ExemptionError(f"{item.source}: --exempt applies to photos; videos are not supported with it yet")
         anonymizer = self.video_anonymizer
         method = anonymizer.method
         cost = method.release_cost()
