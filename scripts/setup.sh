@@ -35,3 +35,14 @@ else
   extras="plots"
 fi
 .venv/bin/python -m pip install -q -c constraints.txt -e ".[$extras]"
+if [ "${1:-}" = "test" ] && ! command -v chromium >/dev/null 2>&1; then
+  # The web UI's browser test drives Debian's Chromium (playwright's own browser download is not
+  # reachable here); install it when we can, else that one test skips and says why.
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing Debian's chromium for the browser test"
+    (apt-get install -y -q chromium >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; }) \
+      || echo "setup: could not install chromium; the browser test will skip" >&2
+  else
+    echo "setup: chromium not found and not root: the browser test will skip (apt-get install chromium)" >&2
+  fi
+fi

@@ -84,6 +84,9 @@ def add_method_arguments(p) -> None:
     p.add_argument("--ledger", type=path_text,
                    help="privacy ledger file (default: $IDENTITYDP_LEDGER or ~/.local/share/identitydp/ledger.sqlite; "
                         "one per user, whatever -o is)")
+    p.add_argument("--exempt", type=path_text, metavar="DIR",
+                   help="reference photos of people who consent (DIR/name.jpg or DIR/name/*.jpg): their faces are kept "
+                        "when they match strictly (LFW false-accept rate <= 0.01 %%); photos only")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never the inputs)")
     p.add_argument("--report", type=path_text, help="write a JSON report of every image and face to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -110,7 +113,9 @@ def config_from_args(args, method_params: dict | None = None):
     if args.method == "identitydp" and args.epsilon is None:
         args.epsilon = DEFAULT_IDENTITYDP_EPSILON
     params = _method_params(args) if method_params is None else method_params
-    return AnonymizerConfig.create(args.method, threshold=args.threshold, seed=args.seed, **params)
+    exempt = getattr(args, "exempt", None)
+    return AnonymizerConfig.create(args.method, threshold=args.threshold, seed=args.seed,
+                                   exempt=None if exempt is None else str(Path(exempt).resolve()), **params)
 
 
 def ledger_path_from_args(args) -> Path:
@@ -164,6 +169,9 @@ def print_summary(summary, plan, method: str, ledger_path: Path | None) -> None:
     line = ", ".join(parts)
     if summary.masked:
         line += f", {summary.masked} faces masked solid because they could not be anonymized"
+    exempt = sum(r.exempt for r in summary.results)
+    if exempt:
+        line += f", {exempt} faces kept as they were (matched a person in --exempt)"
     if summary.count("skipped"):
         line += f", {summary.count('skipped')} skipped (already done or our own outputs)"
     if summary.count("refused"):
@@ -198,11 +206,16 @@ def run_anonymize(args) -> int:
         if problem:
             print(f"identitydp: --report {problem}", file=sys.stderr)
             return 2
+    if config.exempt is not None and any(i.kind == "video" for i in plan.items):
+        print("identitydp: --exempt applies to photos; run the videos without it", file=sys.stderr)
+        return 2
     print_plan_notes(plan, args.quiet)
     if not plan.items:
         return 1
     with Job(config, ledger=ledger_path, budget=args.budget, overwrite=args.overwrite,
              video=video_options_from_args(args)) as job:
+        if config.exempt is not None:
+            job.anonymizer  # reads the reference photos now: a bad --exempt folder stops here, before any output
         show = not args.quiet
         many = len(plan.items) >= PROGRESS_MIN_IMAGES
         summary = None

@@ -20,6 +20,7 @@ from .errors import IdentityDPError
 SUBCOMMAND_MODULES = [
     "identitydp._cli_anonymize",
     "identitydp.jobs._cli",
+    "identitydp.web._cli",
     "identitydp.models._cli",
     "identitydp.privacy._cli",
     "identitydp.generate._cli",
