@@ -112,6 +112,38 @@ def test_exemption_in_the_web_ui_keeps_only_the_consenting_person(server, tmp_pa
 
 
 @pytest.mark.slow
+def test_video_upload_progress_and_preview(server, tmp_path, lfw_images):
+    import httpx
+    from fractions import Fraction
+
+    from clipgen import write_clip
+
+    face = np.asarray(Image.open(lfw_images[0]))[25:225, 25:225]
+
+    def frames():
+        for i in range(16):
+            frame = np.full((240, 320, 3), 100, np.uint8)
+            frame[20:220, 30 + 3 * i:230 + 3 * i] = face
+            yield frame
+
+    clip = write_clip(tmp_path / "clip.mp4", frames(), Fraction(12), 16, audio=False)
+    with httpx.Client(base_url=server, timeout=120) as c:
+        task = c.post("/api/anonymize", files={"file": ("my clip.mp4", clip.read_bytes())}, data={"method": "blur"}).json()["task"]
+        seen = set()
+        for _ in range(600):
+            t = c.get(f"/api/tasks/{task}").json()
+            seen.add(t["status"])
+            if t["status"] not in ("queued", "running"):
+                break
+            time.sleep(0.1)
+        assert t["status"] == "done" and t["video"]["frames"] == 16 and len(t["video"]["tracks"]) >= 1, t
+        preview = c.get(f"/api/tasks/{task}/preview")
+        assert preview.status_code == 200 and preview.content[:2] == b"\xff\xd8"
+        download = c.get(f"/api/tasks/{task}/download")
+        assert download.status_code == 200 and "clip.anonymized.mp4" in download.headers["content-disposition"]
+
+
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (scripts/setup.sh test installs it)")
 def test_browser_upload_change_epsilon_anonymize_download(server, tmp_path, lfw_dir):
     from playwright.sync_api import sync_playwright

@@ -349,7 +349,7 @@ def create_app(*, ledger: Path, workdir: Path | None = None, max_upload_mb: floa
     async def task_status(request: Request, task_id: str):
         t = _task(request, task_id)
         faces = []
-        if t.result and t.result.get("report"):
+        if t.kind == "image" and t.result and t.result.get("report"):
             report = t.result["report"]
             for i, f in enumerate(report.get("faces", [])):
                 faces.append({"index": i, "box": f.get("box"), "score": f.get("score"), "status": f.get("status"),
@@ -382,7 +382,8 @@ def create_app(*, ledger: Path, workdir: Path | None = None, max_upload_mb: floa
         s = session_of(request)
         session_releases = [{"task": t.id, "name": t.name, "releases": (t.result or {}).get("releases", 0),
                              "epsilon": (t.result or {}).get("epsilon", 0.0),
-                             "keys": [f.get("ledger_key") for f in ((t.result or {}).get("report") or {}).get("faces", []) if f.get("ledger_key")]}
+                             "keys": (list(((t.result or {}).get("report") or {}).get("ledger_keys", {}).values()) if t.kind == "video" else
+                                      [f.get("ledger_key") for f in ((t.result or {}).get("report") or {}).get("faces", []) if f.get("ledger_key")])}
                             for t in s.tasks.values() if t.status == "done"]
         summary = None
         if state.ledger.exists():
