@@ -203,3 +203,29 @@ def test_no_privacy_runs_say_so_on_stderr_and_in_the_ledger(tmp_path, capsys, pr
     assert not list(tmp_path.glob("*ledger*")), "no ledger next to the output (it would name the source)"
     text = json.dumps(read_ledger(private_ledger)["release_log"])
     assert "no privacy" in text and "seeded noise" in text
+
+
+# ------------------------------------------------------------------ bombs and animations
+def test_decompression_bomb_and_animated_images_are_refused_and_the_folder_goes_on(tmp_path, lfw_images, capsys):
+    """A tiny PNG that claims 20000x20000 pixels, an image over our 150-megapixel limit, and an animated WebP (only its first frame would
+    be anonymized), are refused with one line each; the real photo next to them is written."""
+    from PIL import Image
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.new("1", (20000, 20000)).save(folder / "bomb.png", optimize=True)  # ~50 kB on disk, 400 Mpx
+    assert (folder / "bomb.png").stat().st_size < 200_000
+    face = Image.open(lfw_images[0])
+    face.save(folder / "anim.webp", save_all=True, append_images=[face.rotate(5), face.rotate(10)], duration=100)
+    shutil.copy(lfw_images[1], folder / "photo.jpg")
+    from identitydp.errors import ImageReadError
+    from identitydp.io import read_image
+
+    with pytest.raises(ImageReadError, match="4000x4000 is 16 megapixels, more than the limit of 10"):
+        Image.new("RGB", (4000, 4000)).save(tmp_path / "big.png")
+        read_image(tmp_path / "big.png", max_pixels=10_000_000)
+    out = tmp_path / "out"
+    assert cli_main(["anonymize", str(folder), "-o", str(out), "--method", "blur"]) == 1
+    err = capsys.readouterr().err
+    assert "bomb.png: refusing to decode, more than the limit of 150 megapixels" in err and "animated image (3 frames)" in err and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["photo.jpg"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,22 +101,55 @@ def _to_rgb(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
     return np.ascontiguousarray(rgb, dtype=np.uint8), alpha
 
 
-def read_image(path: str | os.PathLike) -> LoadedImage:
+#: Largest image we decode, in pixels (150 megapixels, more than any camera sensor: a 3-channel
+#: copy is 450 MB). Larger files are refused before decoding: a tiny PNG can claim 10^10 pixels
+#: (a decompression bomb).
+MAX_PIXELS = 150_000_000
+
+
+def read_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     """Read an image file as RGB uint8 (plus alpha if any).
 
     Raises:
-        ImageReadError: missing, unreadable, truncated or not an image; the message names the file.
+        ImageReadError: missing, unreadable, truncated, larger than ``max_pixels``, animated
+            (only its first frame would be anonymized), or not an image; the message names the file.
     """
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
     try:
-        with Image.open(path) as img:
-            fmt = img.format
-            img.load()  # forces a full decode so truncated files fail here, not later
-            img = ImageOps.exif_transpose(img)
-            pixels, alpha = _to_rgb(img)
+        with warnings.catch_warnings():
+            # Our own pixel limit below replaces PIL's warning about large images.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ImageReadError(f"{path}: refusing to decode, more than the limit of {max_pixels / 1e6:.0f} megapixels ({exc})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{path}: cannot read image ({exc})") from exc
+    with img:
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageReadError(
+                f"{path}: refusing to decode, {w}x{h} is {w * h / 1e6:.0f} megapixels, more than the limit of "
+                f"{max_pixels / 1e6:.0f} (a decompression bomb, or an image to split first)"
+            )
+        if getattr(img, "is_animated", False) and getattr(img, "n_frames", 1) > 1:
+            raise ImageReadError(
+                f"{path}: animated image ({img.n_frames} frames): only its first frame would be anonymized; "
+                "convert it to a video (e.g. ffmpeg -i in.gif out.mp4) and anonymize that"
+            )
+        return _decode(path, img)
+
+
+def _decode(path: Path, img) -> LoadedImage:
+    fmt = img.format
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()  # forces a full decode so truncated files fail here, not later
+        img = ImageOps.exif_transpose(img)
+        pixels, alpha = _to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"{path}: cannot read image ({exc})") from exc
     if pixels.size == 0:
         raise ImageReadError(f"{path}: image is empty")
