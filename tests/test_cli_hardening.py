@@ -8,6 +8,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from identitydp.cli import main as cli_main
@@ -229,3 +230,62 @@ def test_decompression_bomb_and_animated_images_are_refused_and_the_folder_goes_
     err = capsys.readouterr().err
     assert "bomb.png: refusing to decode, more than the limit of 150 megapixels" in err and "animated image (3 frames)" in err and "Traceback" not in err
     assert sorted(p.name for p in out.iterdir()) == ["photo.jpg"]
+
+
+# ------------------------------------------------------------------------------ ICC profiles
+def _prophoto_icc() -> bytes:
+    """A minimal ICC v2 RGB display profile with ProPhoto primaries (D50) and gamma 1.8."""
+    import struct
+
+    def s15(x: float) -> bytes:
+        return struct.pack(">i", int(round(x * 65536)))
+
+    def xyz(x, y, z) -> bytes:
+        return b"XYZ " + b"\0" * 4 + s15(x) + s15(y) + s15(z)
+
+    curv = b"curv" + b"\0" * 4 + struct.pack(">I", 1) + struct.pack(">H", int(1.8 * 256)) + b"\0\0"
+    text = b"ProPhoto test profile"
+    desc = b"desc" + b"\0" * 4 + struct.pack(">I", len(text) + 1) + text + b"\0" + b"\0" * 8 + b"\0\0\0" + b"\0" * 67
+    cprt = b"text" + b"\0" * 4 + b"public domain\0"
+    tags = [(b"desc", desc), (b"cprt", cprt), (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+            (b"rXYZ", xyz(0.7977, 0.2880, 0.0)), (b"gXYZ", xyz(0.1352, 0.7119, 0.0)), (b"bXYZ", xyz(0.0313, 0.0001, 0.8249)),
+            (b"rTRC", curv), (b"gTRC", curv), (b"bTRC", curv)]
+    offset = 128 + 4 + 12 * len(tags)
+    table, data = b"", b""
+    for sig, body in tags:
+        body += b"\0" * (-len(body) % 4)
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    size = offset + len(data)
+    header = (struct.pack(">I", size) + b"\0" * 4 + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ " + b"\0" * 12 + b"acsp"
+              + b"\0" * 28 + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 48)
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + data
+
+
+def test_icc_tagged_photos_are_converted_to_srgb(tmp_path, lfw_images):
+    """A ProPhoto-tagged photo: its numbers are not sRGB. Outputs carry no profile, so the kept
+    background must come out converted (as a colour-managed viewer shows the input), not raw."""
+    from io import BytesIO
+
+    from PIL import Image, ImageCms
+
+    from identitydp.io import read_image
+
+    icc = _prophoto_icc()
+    face = Image.open(lfw_images[0]).convert("RGB")
+    canvas = Image.new("RGB", (500, 300), (30, 160, 60))
+    canvas.paste(face, (200, 25))
+    src = tmp_path / "prophoto.png"
+    canvas.save(src, icc_profile=icc)
+    expected = np.asarray(ImageCms.profileToProfile(canvas, ImageCms.ImageCmsProfile(BytesIO(icc)),
+                                                    ImageCms.createProfile("sRGB"), outputMode="RGB"))
+    pixels = read_image(src).pixels
+    assert np.abs(pixels.astype(int) - expected.astype(int)).max() <= 1
+    assert np.abs(pixels.astype(int) - np.asarray(canvas).astype(int)).max() > 40  # the raw numbers would be far off
+    out = tmp_path / "out.png"
+    assert cli_main(["anonymize", str(src), "-o", str(out), "--method", "mask", "--quiet"]) == 0
+    written = Image.open(out)
+    assert "icc_profile" not in written.info
+    corner = np.asarray(written.convert("RGB"))[:20, :150].astype(int)
+    assert np.abs(corner - expected[:20, :150].astype(int)).max() <= 1

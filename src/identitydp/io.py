@@ -1,13 +1,15 @@
 """Image input and output.
 
-Reading applies the EXIF orientation and converts any mode (L, LA, P, RGBA, CMYK, I;16, …) to
+Reading applies the EXIF orientation, converts pixels tagged with an ICC profile (Display P3,
+Adobe RGB, ProPhoto, CMYK) to sRGB, and converts any mode (L, LA, P, RGBA, CMYK, I;16, …) to
 RGB uint8, keeping an alpha channel aside so that it can be put back on output. Writing strips
-all metadata (EXIF, GPS, XMP, ICC-free, comments), never overwrites an input, and is atomic
+all metadata (EXIF, GPS, XMP, ICC profile, comments), never overwrites an input, and is atomic
 (temporary file in the target folder, then rename).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import warnings
@@ -18,6 +20,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ImageReadError, ImageWriteError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 _FORMAT_BY_SUFFIX = {
@@ -141,13 +145,41 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> Load
         return _decode(path, img)
 
 
+def _to_srgb(img: Image.Image, path: Path) -> Image.Image:
+    """Convert pixels tagged with an ICC profile (Display P3, Adobe RGB, ProPhoto, CMYK, ...) to
+    sRGB: outputs carry no profile, so their numbers must already be sRGB, or colours shift."""
+    icc = img.info.get("icc_profile")
+    if not icc or img.mode not in ("RGB", "RGBA", "CMYK", "L", "LA"):
+        return img
+    from io import BytesIO
+
+    from PIL import ImageCms
+
+    try:
+        source = ImageCms.ImageCmsProfile(BytesIO(icc))
+        if ImageCms.getProfileDescription(source).strip().lower().startswith("srgb"):
+            return img
+        if img.mode in ("L", "LA"):
+            return img  # a grey profile: grey stays grey (only its tone curve could differ)
+        alpha = img.getchannel("A") if img.mode == "RGBA" else None
+        base = img.convert("RGB") if img.mode == "RGBA" else img
+        converted = ImageCms.profileToProfile(base, source, ImageCms.createProfile("sRGB"), outputMode="RGB",
+                                              renderingIntent=ImageCms.Intent.PERCEPTUAL)
+        if alpha is not None:
+            converted.putalpha(alpha)
+        return converted
+    except (ImageCms.PyCMSError, OSError, ValueError) as exc:
+        log.warning("%s: cannot apply its ICC profile (%s); reading the numbers as sRGB", path, exc)
+        return img
+
+
 def _decode(path: Path, img) -> LoadedImage:
     fmt = img.format
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()  # forces a full decode so truncated files fail here, not later
-        img = ImageOps.exif_transpose(img)
+        img = _to_srgb(ImageOps.exif_transpose(img), path)
         pixels, alpha = _to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageReadError(f"{path}: cannot read image ({exc})") from exc
