@@ -348,3 +348,18 @@ def test_batch_on_ray_two_workers_kill_9_and_resume(tmp_path, photos):
     _assert_ledger_matches_outputs(ledger, out)
     summary = json.loads(report.read_text())
     assert summary["done"] + summary["skipped"] == 12 and summary["skipped"] >= partial
+
+
+def test_plan_names_what_it_leaves_out(tmp_path, photos, capsys):
+    (photos / ".hidden.jpg").write_bytes(b"x")
+    (photos / "clip.gif").write_bytes(b"GIF89a")
+    plan = plan_job([photos], tmp_path / "out")
+    assert plan.hidden == 1 and [s.source.name for s in plan.skipped] == ["clip.gif"] and len(plan.items) == 12
+    assert cli_main(["anonymize", str(photos), "-o", str(tmp_path / "out"), "--method", "mask"]) == 0
+    err = capsys.readouterr().err
+    assert "clip.gif: .gif files are not supported" in err and "1 hidden file(s)" in err
+    one = sorted(photos.glob("*.jpg"))[0]
+    (tmp_path / "x").mkdir()
+    twin = shutil.copy(one, tmp_path / "x" / one.name)
+    with pytest.raises(Exception, match="would both be written"):
+        plan_job([one, twin], tmp_path / "o")  # two inputs, one name: refused before any work

@@ -139,6 +139,8 @@ def print_plan_notes(plan, quiet: bool) -> None:
         return
     for skipped in plan.skipped:
         print(f"skipped: {skipped.source}: {skipped.reason}", file=sys.stderr)
+    if plan.hidden:
+        print(f"skipped: {plan.hidden} hidden file(s) (names or folders starting with '.')", file=sys.stderr)
 
 
 def print_summary(summary, plan, method: str, ledger_path: Path | None) -> None:

@@ -59,6 +59,7 @@ class JobPlan:
     items: list[WorkItem] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
     missing: list[Path] = field(default_factory=list)
+    hidden: int = 0  # hidden files and files in hidden folders, left out
 
     @property
     def inputs(self) -> list[Path]:
@@ -116,7 +117,10 @@ def plan_job(inputs: list[str | os.PathLike], output: str | os.PathLike | None =
         if root.is_dir():
             for p in sorted(root.rglob("*")):
                 rel = p.relative_to(root)
-                if not p.is_file() or any(part.startswith(".") for part in rel.parts):
+                if not p.is_file():
+                    continue
+                if any(part.startswith(".") for part in rel.parts):
+                    plan.hidden += 1
                     continue
                 if out is not None and out.suffix == "" and _inside(p, out) and not _inside(root, out):
                     continue  # our own output folder inside the input folder
