@@ -196,6 +196,17 @@ def measure(args, detector, embedder) -> dict:
         # Unmatched detections (a face found twice, a false detection) must not be kept either.
         stray_kept = sum(1 for k in range(len(det)) if k not in owner and matches[k] is not None)
         impostor_kept += stray_kept
+        for _ in range(args.stranger_scenes):
+            # A scene of four strangers only: every face is an impostor for these references.
+            strangers = [singles[j] for j in rng.choice(len(singles), 4, replace=False)]
+            scene2, truth2 = paste_scene([Image.open(next(p.glob("*.jpg"))) for p in strangers], rng)
+            det2 = detector.detect(scene2)
+            matches2 = exemptions.match(scene2, det2)
+            impostor_trials += len(truth2)
+            impostor_kept += sum(1 for m in matches2 if m is not None)  # any kept face here is a false keep
+            if len(det2):
+                d2 = (1.0 - exemptions.embedder.embed(scene2, det2).vectors @ exemptions.references.T).min(axis=1)
+                impostor_distances.extend(float(x) for x in d2)
         if n < 3:
             examples.append({"person": person.name, "kept": assigned[0] not in (None, "missed")})
         if n % 50 == 0:
@@ -217,6 +228,7 @@ def measure(args, detector, embedder) -> dict:
         "impostors_kept": impostor_kept,
         "test_people": "LFW deep-funneled, the second half of the people by name (not used for calibration)",
         "references_per_person": args.refs,
+        "stranger_scenes_per_person": args.stranger_scenes,
         "scene": f"1600x900, the reference person's photo {args.refs + 1} + 3 photos of other people (170-330 px wide); "
                  f"references: that person's photos 1..{args.refs}",
     }
@@ -229,6 +241,8 @@ def main() -> int:
     ap.add_argument("--calib-images", type=int, default=2400)
     ap.add_argument("--scenes", type=int, default=340)
     ap.add_argument("--refs", type=int, default=1, help="reference photos per person")
+    ap.add_argument("--stranger-scenes", type=int, default=0,
+                    help="per reference person, extra scenes of 4 strangers only (more impostor trials)")
     ap.add_argument("--out", type=Path, default=None, help="default docs/results/exemption[-refsN].json")
     args = ap.parse_args()
 
