@@ -14,7 +14,10 @@ sizes and places. The scene goes through the real detector and exemption matcher
 share of scenes where the reference person is kept, and impostor faces kept (of all impostor
 faces), as JSON in docs/results/exemption.json.
 
-Usage: python benchmarks/exemption.py [--calibrate] [--scenes 340] [--far 1e-4]
+Usage: python benchmarks/exemption.py [--calibrate] [--far 1e-4] [--scenes 400] [--refs 1|3]
+       [--stranger-scenes 1]
+Committed: `--calibrate --scenes 400` (docs/results/exemption.json, one reference photo) and
+`--refs 3 --scenes 400 --stranger-scenes 1` (docs/results/exemption-refs3.json).
 """
 
 from __future__ import annotations
