@@ -72,12 +72,10 @@ def remove_stale_temporaries(folder: Path) -> int:
 
 
 def file_digest(path: Path) -> str:
-    """SHA-256 (hex) of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """SHA-256 (hex) of a file's bytes (the weights registry's own hash function)."""
+    from ..models.registry import sha256_of
+
+    return sha256_of(Path(path))
 
 
 def pixel_digest(pixels: np.ndarray) -> str:
