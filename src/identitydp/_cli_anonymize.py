@@ -223,6 +223,7 @@ def run_anonymize(args) -> int:
         summary = None
         with tqdm(total=len(plan.items), disable=not (show and many), unit="file", desc="anonymizing", file=sys.stderr) as bar:
             from .jobs import JobSummary
+            from .jobs.job import timing_from
 
             import time
 
@@ -247,9 +248,7 @@ def run_anonymize(args) -> int:
                 bar.update(1)
             if job.ledger is not None:
                 summary.ledger = job.ledger.summary()
-            if len(stamps) > 1 and stamps[-1] > stamps[0]:
-                summary.timing = {"first_result_s": round(stamps[0], 2), "last_result_s": round(stamps[-1], 2),
-                                  "steady_items_per_s": round((len(stamps) - 1) / (stamps[-1] - stamps[0]), 3)}
+            summary.timing = timing_from(stamps)
     if report_path is not None:
         data = {
             "images": [r.report for r in summary.results if r.item.kind == "image" and r.status == "done"],

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from ..errors import IdentityDPError
 from .config import AnonymizerConfig
-from .job import ItemResult, Job, JobSummary, VideoOptions
+from .job import ItemResult, Job, JobSummary, VideoOptions, timing_from
 from .plan import WorkItem
 
 log = logging.getLogger(__name__)
@@ -258,12 +258,7 @@ def run_batch(
     else:
         results = _run_ray(items, config, ledger if config.is_dp else None, overwrite, video, workers, progress, address, quiet)
     summary = JobSummary(results=results)
-    if stamps:
-        # Steady state: items per second once the workers are up (start-up excluded), what a
-        # run of millions of images sees.
-        steady = (len(stamps) - 1) / (stamps[-1] - stamps[0]) if len(stamps) > 1 and stamps[-1] > stamps[0] else None
-        summary.timing = {"first_result_s": round(stamps[0], 2), "last_result_s": round(stamps[-1], 2),
-                          "steady_items_per_s": None if steady is None else round(steady, 3)}
+    summary.timing = timing_from(stamps)
     if config.is_dp and ledger is not None:
         from ..privacy.store import LedgerStore
 

@@ -86,6 +86,16 @@ def pixel_digest(pixels: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def timing_from(stamps: list[float]) -> dict | None:
+    """Seconds from the start to the first and last result, and the steady rate in between
+    (items/s once workers are up, start-up excluded: what a run of millions of files sees)."""
+    if not stamps:
+        return None
+    span = stamps[-1] - stamps[0]
+    steady = round((len(stamps) - 1) / span, 3) if len(stamps) > 1 and span > 0 else None
+    return {"first_result_s": round(stamps[0], 2), "last_result_s": round(stamps[-1], 2), "steady_items_per_s": steady}
+
+
 @dataclass(frozen=True)
 class VideoOptions:
     """Tracking and audio options of video items (see :meth:`Anonymizer.stream`)."""
@@ -266,9 +276,7 @@ class Job:
                 progress(result)
         if self.ledger is not None:
             summary.ledger = self.ledger.summary()
-        if len(stamps) > 1 and stamps[-1] > stamps[0]:
-            summary.timing = {"first_result_s": round(stamps[0], 2), "last_result_s": round(stamps[-1], 2),
-                              "steady_items_per_s": round((len(stamps) - 1) / (stamps[-1] - stamps[0]), 3)}
+        summary.timing = timing_from(stamps)
         return summary
 
     def run_item(self, item: WorkItem, *, frame_progress: Callable[[int, int | None], None] | None = None) -> ItemResult:
