@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ._cli_video import add_video_arguments
-from ._cli_types import MAX_SEED, bounded_float, bounded_int, divisor_of, epsilon, path_text, positive_float
+from ._cli_types import MAX_SEED, one_line, bounded_float, bounded_int, divisor_of, epsilon, path_text, positive_float
 from .errors import IdentityDPError
 
 METHOD_CHOICES = ["blur", "pixelate", "mask", "dp-pix", "identitydp"]
@@ -134,20 +134,23 @@ def video_options_from_args(args):
 def print_plan_notes(plan, quiet: bool) -> None:
     """Say what the plan leaves out (skipped formats, our own outputs, missing inputs) on stderr."""
     for missing in plan.missing:
-        print(f"failed: {missing}: no such file or folder", file=sys.stderr)
+        print(f"failed: {one_line(missing)}: no such file or folder", file=sys.stderr)
     if quiet:
         return
     for skipped in plan.skipped:
-        print(f"skipped: {skipped.source}: {skipped.reason}", file=sys.stderr)
+        print(one_line(f"skipped: {skipped.source}: {skipped.reason}"), file=sys.stderr)
     if plan.hidden:
         print(f"skipped: {plan.hidden} hidden file(s) (names or folders starting with '.')", file=sys.stderr)
+    if plan.others:
+        example = ", ".join(repr(str(p)) for p in plan.others[:3]) + (", ..." if len(plan.others) > 3 else "")
+        print(f"skipped: {len(plan.others)} file(s) that are not images or videos by their suffix ({example})", file=sys.stderr)
 
 
 def print_summary(summary, plan, method: str, ledger_path: Path | None) -> None:
     """The end-of-run lines every front end on a terminal prints (stdout; failures on stderr)."""
     for r in summary.results:
         if r.status in ("failed", "refused"):
-            print(f"{r.status}: {r.reason}", file=sys.stderr)
+            print(one_line(f"{r.status}: {r.reason}"), file=sys.stderr)
     done = [r for r in summary.results if r.status == "done"]
     images = [r for r in summary.results if r.item.kind == "image"]
     videos = [r for r in summary.results if r.item.kind == "video"]
@@ -155,7 +158,7 @@ def print_summary(summary, plan, method: str, ledger_path: Path | None) -> None:
         if r.item.kind == "video" and r.report:
             rep = r.report
             print(f"wrote {r.item.output}: {rep['frames']} frames, {len(rep['tracks'])} face tracks, "
-                  f"{rep['masked']} faces masked solid; {rep['fps']:.1f} frames/s")
+                  f"{rep['masked']} faces masked solid; {rep['processing_fps']:.1f} frames/s")
     done_images = [r for r in done if r.item.kind == "image"]
     if len(done_images) == 1:
         print(f"wrote {done_images[0].item.output}")
@@ -269,7 +272,7 @@ def run_anonymize(args) -> int:
     else:
         for r in summary.results:
             if r.status in ("failed", "refused"):
-                print(f"{r.status}: {r.reason}", file=sys.stderr)
+                print(one_line(f"{r.status}: {r.reason}"), file=sys.stderr)
     bad = summary.count("failed") + summary.count("refused") + len(plan.missing)
     return 1 if bad else 0
 
@@ -358,7 +361,7 @@ def run_detect(args) -> int:
         try:
             image = read_image(src)
         except IdentityDPError as exc:
-            print(f"failed: {exc}", file=sys.stderr)
+            print(one_line(f"failed: {exc}"), file=sys.stderr)
             failed += 1
             continue
         det = detector.detect(image.pixels)

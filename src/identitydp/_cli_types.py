@@ -10,6 +10,15 @@ from __future__ import annotations
 import argparse
 import math
 
+def one_line(text: object) -> str:
+    """``text`` with control characters (a newline in a file name, an escape sequence) escaped, so
+    that one message is one line on a terminal and in a log."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
 #: Largest seed accepted (numpy, torch and OpenDP all take it).
 MAX_SEED = 2**63 - 1
 

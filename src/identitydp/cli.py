@@ -14,6 +14,7 @@ import logging
 import sys
 
 from . import __version__
+from ._cli_types import one_line
 from .errors import IdentityDPError
 
 # Modules that contribute subcommands, in the order they appear in --help.
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except IdentityDPError as exc:
-        print(f"identitydp: error: {exc}", file=sys.stderr)
+        print(one_line(f"identitydp: error: {exc}"), file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print("identitydp: interrupted", file=sys.stderr)

@@ -97,12 +97,33 @@ def _to_rgb(img: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
         grey = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         rgb = np.repeat(grey[:, :, None], 3, axis=2)
     elif mode == "F":
-        arr = np.asarray(img).astype(np.float64)
-        grey = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0) + 0.5, 0, 255).astype(np.uint8)
-        rgb = np.repeat(grey[:, :, None], 3, axis=2)
+        rgb = np.repeat(_float_to_grey(np.asarray(img))[:, :, None], 3, axis=2)
     else:  # RGB, L, 1, CMYK, YCbCr, LAB, HSV
         rgb = np.asarray(img.convert("RGB"))
     return np.ascontiguousarray(rgb, dtype=np.uint8), alpha
+
+
+def _float_to_grey(arr: np.ndarray) -> np.ndarray:
+    """(H, W) float grey (any range, NaN / inf allowed) → (H, W) uint8 that shows the scene.
+
+    NaN and ±inf become black (a NaN must not turn the whole image black and hide its faces); a
+    picture within [0, 1] is scaled by 255 (the usual float convention); anything brighter (HDR,
+    raw sensor counts) is scaled so that its 99.5th percentile is white.
+    """
+    arr = np.asarray(arr, np.float64)
+    finite = np.isfinite(arr)
+    arr = np.where(finite, arr, 0.0)
+    values = arr[finite]
+    if values.size == 0:
+        return np.zeros(arr.shape, np.uint8)
+    low = min(0.0, float(values.min()))
+    top = float(values.max())
+    if top <= 1.0 and low >= 0.0:
+        scale, low = 255.0, 0.0
+    else:
+        white = float(np.percentile(values, 99.5))
+        scale = 255.0 / max(white - low, 1e-12)
+    return np.clip((arr - low) * scale + 0.5, 0, 255).astype(np.uint8)
 
 
 #: Largest image we decode, in pixels (150 megapixels, more than any camera sensor: a 3-channel

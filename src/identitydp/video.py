@@ -489,7 +489,15 @@ def anonymize_video(
                     continue
                 for frame in packet.decode():
                     times.append(frame.pts * frame.time_base if frame.pts is not None and frame.time_base else None)
-                    yield _to_rgb(frame, _frame_rotation(frame))
+                    rgb = _to_rgb(frame, _frame_rotation(frame))
+                    if rgb.shape[:2] != (info.height, info.width):
+                        # One output stream has one size: refuse rather than stretch or crop faces.
+                        raise VideoReadError(
+                            f"{source}: the frame size changes mid-stream (frame {len(times) - 1} is "
+                            f"{rgb.shape[1]}x{rgb.shape[0]}, the video is {info.width}x{info.height}); re-encode it at "
+                            f"one size first, e.g. ffmpeg -i IN -vf scale={info.width}:{info.height} OUT.mp4"
+                        )
+                    yield rgb
 
         stream = anonymizer.stream(frames(), detect_every=detect_every, max_missing=max_missing, lookback=lookback,
                                    before_anonymize=before_anonymize)

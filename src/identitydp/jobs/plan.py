@@ -60,6 +60,7 @@ class JobPlan:
     skipped: list[Skipped] = field(default_factory=list)
     missing: list[Path] = field(default_factory=list)
     hidden: int = 0  # hidden files and files in hidden folders, left out
+    others: list[Path] = field(default_factory=list)  # files of a folder that are not media (no or another suffix)
 
     @property
     def inputs(self) -> list[Path]:
@@ -136,6 +137,12 @@ def plan_job(inputs: list[str | os.PathLike], output: str | os.PathLike | None =
         if kind is None:
             if src.suffix.lower() in UNSUPPORTED_SUFFIXES:
                 plan.skipped.append(Skipped(src, f"{src.suffix.lower()} files are not supported (convert to PNG/JPEG or MP4)"))
+            elif src == Path(inputs[0]) and single_file:
+                from ..video import VIDEO_SUFFIXES
+
+                plan.skipped.append(Skipped(src, "not an image or video suffix we read (" + ", ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES)) + ")"))
+            else:
+                plan.others.append(src)
             continue
         if is_own_output_name(src):
             plan.skipped.append(Skipped(src, "an identitydp output (named *.anonymized.*)"))
