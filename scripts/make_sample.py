@@ -35,3 +35,23 @@ for size, x, y, mirror in placements:
 OUT.parent.mkdir(exist_ok=True)
 canvas.save(OUT, quality=92)
 print(f"wrote {OUT}")
+
+# Bundled test faces (tests/data/faces/): 250x250 crops of the same public-domain portrait, framed
+# like LFW's deep-funneled images, so that the core tests run on a clone without ../shared/data.
+FACES = OUT.parent.parent / "tests" / "data" / "faces"
+FACES.mkdir(parents=True, exist_ok=True)
+for name, (x0, y0, side), mirror, angle, gain in [
+    ("astronaut_a", (101, 0, 250), False, 0, 1.0),
+    ("astronaut_b", (101, 0, 250), True, 0, 1.0),
+    ("astronaut_c", (136, 31, 180), False, 0, 0.85),
+    ("astronaut_d", (86, 0, 280), True, 8, 1.1),
+]:
+    face = portrait.crop((x0, y0, x0 + side, y0 + side)).resize((250, 250), Image.LANCZOS)
+    if angle:
+        face = face.rotate(angle, resample=Image.BICUBIC, fillcolor=(40, 40, 40))
+    if mirror:
+        face = face.transpose(Image.FLIP_LEFT_RIGHT)
+    if gain != 1.0:
+        face = Image.fromarray(np.clip(np.asarray(face) * gain, 0, 255).astype(np.uint8))
+    face.save(FACES / f"{name}.jpg", quality=88)
+print(f"wrote {FACES}")

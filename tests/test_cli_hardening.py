@@ -22,11 +22,11 @@ def _digest(path: Path) -> str:
 
 
 @pytest.fixture()
-def photo(tmp_path, lfw_images) -> Path:
-    """A real LFW photo, copied so that any write to it would be seen."""
+def photo(tmp_path, bundled_faces) -> Path:
+    """A real face photo (bundled, public domain), copied so that any write to it would be seen."""
     dst = tmp_path / "in" / "face.jpg"
     dst.parent.mkdir()
-    shutil.copy(lfw_images[0], dst)
+    shutil.copy(bundled_faces[0], dst)
     return dst
 
 
@@ -61,10 +61,10 @@ def test_report_never_overwrites_an_input_through_links(photo, capsys):
     assert _digest(photo) == before
 
 
-def test_report_never_overwrites_an_input_of_a_folder(tmp_path, lfw_images, capsys):
+def test_report_never_overwrites_an_input_of_a_folder(tmp_path, bundled_faces, capsys):
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
-    for i, p in enumerate(lfw_images[:2]):
+    for i, p in enumerate(bundled_faces[:2]):
         shutil.copy(p, folder / "sub" / f"{i}.jpg")
     victim = folder / "sub" / "1.jpg"
     before = _digest(victim)
@@ -207,7 +207,7 @@ def test_no_privacy_runs_say_so_on_stderr_and_in_the_ledger(tmp_path, capsys, pr
 
 
 # ------------------------------------------------------------------ bombs and animations
-def test_decompression_bomb_and_animated_images_are_refused_and_the_folder_goes_on(tmp_path, lfw_images, capsys):
+def test_decompression_bomb_and_animated_images_are_refused_and_the_folder_goes_on(tmp_path, bundled_faces, capsys):
     """A tiny PNG that claims 20000x20000 pixels, an image over our 150-megapixel limit, and an animated WebP (only its first frame would
     be anonymized), are refused with one line each; the real photo next to them is written."""
     from PIL import Image
@@ -216,9 +216,9 @@ def test_decompression_bomb_and_animated_images_are_refused_and_the_folder_goes_
     folder.mkdir()
     Image.new("1", (20000, 20000)).save(folder / "bomb.png", optimize=True)  # ~50 kB on disk, 400 Mpx
     assert (folder / "bomb.png").stat().st_size < 200_000
-    face = Image.open(lfw_images[0])
+    face = Image.open(bundled_faces[0])
     face.save(folder / "anim.webp", save_all=True, append_images=[face.rotate(5), face.rotate(10)], duration=100)
-    shutil.copy(lfw_images[1], folder / "photo.jpg")
+    shutil.copy(bundled_faces[1], folder / "photo.jpg")
     from identitydp.errors import ImageReadError
     from identitydp.io import read_image
 
@@ -263,7 +263,7 @@ def _prophoto_icc() -> bytes:
     return header + struct.pack(">I", len(tags)) + table + data
 
 
-def test_icc_tagged_photos_are_converted_to_srgb(tmp_path, lfw_images):
+def test_icc_tagged_photos_are_converted_to_srgb(tmp_path, bundled_faces):
     """A ProPhoto-tagged photo: its numbers are not sRGB. Outputs carry no profile, so the kept
     background must come out converted (as a colour-managed viewer shows the input), not raw."""
     from io import BytesIO
@@ -273,7 +273,7 @@ def test_icc_tagged_photos_are_converted_to_srgb(tmp_path, lfw_images):
     from identitydp.io import read_image
 
     icc = _prophoto_icc()
-    face = Image.open(lfw_images[0]).convert("RGB")
+    face = Image.open(bundled_faces[0]).convert("RGB")
     canvas = Image.new("RGB", (500, 300), (30, 160, 60))
     canvas.paste(face, (200, 25))
     src = tmp_path / "prophoto.png"
@@ -289,3 +289,19 @@ def test_icc_tagged_photos_are_converted_to_srgb(tmp_path, lfw_images):
     assert "icc_profile" not in written.info
     corner = np.asarray(written.convert("RGB"))[:20, :150].astype(int)
     assert np.abs(corner - expected[:20, :150].astype(int)).max() <= 1
+
+
+def test_pixel_limit_default_matches_the_decoder_and_can_be_raised(tmp_path, capsys):
+    from identitydp._cli_anonymize import DEFAULT_MAX_MEGAPIXELS
+    from identitydp.io import MAX_PIXELS
+    from PIL import Image
+
+    assert DEFAULT_MAX_MEGAPIXELS * 1e6 == MAX_PIXELS
+    big = tmp_path / "wide.png"
+    Image.new("L", (2200, 1000), 128).save(big)  # 2.2 MP: over a 2 MP limit, under the default
+    rc = cli_main(["anonymize", str(big), "-o", str(tmp_path / "a.png"), "--method", "blur", "--max-megapixels", "2"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "more than the limit of 2" in err and "Traceback" not in err
+    assert not (tmp_path / "a.png").exists()
+    assert cli_main(["anonymize", str(big), "-o", str(tmp_path / "b.png"), "--method", "blur"]) == 0
+    assert (tmp_path / "b.png").is_file()

@@ -113,8 +113,8 @@ def _iou(a, b):
 # --------------------------------------------------------------------------------------- io
 
 
-def test_read_every_format_and_mode(tmp_path, lfw_images):
-    base = Image.open(lfw_images[0]).convert("RGB")
+def test_read_every_format_and_mode(tmp_path, bundled_faces):
+    base = Image.open(bundled_faces[0]).convert("RGB")
     cases = {
         "a.png": base.convert("RGBA"),
         "b.webp": base,
@@ -144,13 +144,13 @@ def test_exif_orientation_applied(tmp_path):
     assert read_image(tmp_path / "rot.jpg").pixels.shape == (40, 20, 3)
 
 
-def test_bad_inputs_raise_clear_errors(tmp_path, lfw_images):
+def test_bad_inputs_raise_clear_errors(tmp_path, bundled_faces):
     with pytest.raises(ImageReadError, match="no such file"):
         read_image(tmp_path / "missing.jpg")
     (tmp_path / "text.jpg").write_text("not an image")
     with pytest.raises(ImageReadError, match="text.jpg"):
         read_image(tmp_path / "text.jpg")
-    data = Path(lfw_images[0]).read_bytes()
+    data = Path(bundled_faces[0]).read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(ImageReadError, match="cut.jpg"):
         read_image(tmp_path / "cut.jpg")
@@ -159,9 +159,9 @@ def test_bad_inputs_raise_clear_errors(tmp_path, lfw_images):
         read_image(tmp_path / "empty.png")
 
 
-def test_write_strips_metadata_and_never_overwrites_input(tmp_path, lfw_images):
+def test_write_strips_metadata_and_never_overwrites_input(tmp_path, bundled_faces):
     src = tmp_path / "gps.jpg"
-    img = Image.open(lfw_images[1])
+    img = Image.open(bundled_faces[1])
     exif = Image.Exif()
     exif[0x010F] = "CameraMaker"
     exif[0x8825] = {1: "N", 2: (52.0, 31.0, 12.0), 3: "E", 4: (13.0, 24.0, 36.0)}  # GPS IFD
@@ -180,8 +180,8 @@ def test_write_strips_metadata_and_never_overwrites_input(tmp_path, lfw_images):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gps.jpg", "out.jpg"]
 
 
-def test_alpha_is_put_back(tmp_path, lfw_images):
-    rgba = Image.open(lfw_images[2]).convert("RGBA")
+def test_alpha_is_put_back(tmp_path, bundled_faces):
+    rgba = Image.open(bundled_faces[2]).convert("RGBA")
     arr = np.asarray(rgba).copy()
     arr[:30, :, 3] = 0
     Image.fromarray(arr).save(tmp_path / "a.png")
@@ -232,9 +232,9 @@ def test_detects_close_ups(detector, lfw_images, fraction):
         assert any(_iou(truth, b) > 0.3 for b in det.boxes), f"{path.name}: face at {fraction:.0%} of the height missed"
 
 
-def test_close_up_anonymized_end_to_end(lfw_images):
+def test_close_up_anonymized_end_to_end(bundled_faces):
     """The face is replaced, not written out untouched."""
-    img = _face(lfw_images[0])
+    img = _face(bundled_faces[0])
     box = CenterFaceDetector().detect(img).boxes[0]
     scene, truth = closeup_scene(img, box, 0.85)
     out, report = Anonymizer("blur").anonymize(scene)
@@ -243,15 +243,15 @@ def test_close_up_anonymized_end_to_end(lfw_images):
     assert np.abs(out[y1:y2, x1:x2].astype(int) - scene[y1:y2, x1:x2]).mean() > 3
 
 
-def test_threshold_is_configurable(lfw_images):
-    img = _face(lfw_images[3])
+def test_threshold_is_configurable(bundled_faces):
+    img = _face(bundled_faces[3])
     assert len(CenterFaceDetector(threshold=0.3).detect(img)) >= len(CenterFaceDetector(threshold=0.9).detect(img))
     with pytest.raises(ValueError):
         CenterFaceDetector(threshold=1.5)
 
 
-def test_alignment_puts_landmarks_on_template(detector, lfw_images):
-    img = _face(lfw_images[5])
+def test_alignment_puts_landmarks_on_template(detector, bundled_faces):
+    img = _face(bundled_faces[1])
     det = detector.detect(img)
     for size, margin in [(112, 0.0), (128, 0.25), (64, 0.1)]:
         aligned = align_face(img, det.landmarks[0], size=size, margin=margin)
@@ -266,8 +266,8 @@ def test_alignment_puts_landmarks_on_template(detector, lfw_images):
     assert mask[64, 64] == 1.0 and mask[0, 0] == 0.0
 
 
-def test_paste_keeps_outside_bit_identical(detector, lfw_images):
-    img = _face(lfw_images[7])
+def test_paste_keeps_outside_bit_identical(detector, bundled_faces):
+    img = _face(bundled_faces[3])
     det = detector.detect(img)
     aligned = align_face(img, det.landmarks[0], size=128, margin=0.25)
     new_crop = np.full_like(aligned.crop, 200)
@@ -320,7 +320,7 @@ def test_dp_pix_noise_scale_and_determinism():
         DPPixAnonymizer(1.0)  # ε is keyword-only
 
 
-def test_strong_blur_is_fast_and_close_to_exact(lfw_images):
+def test_strong_blur_is_fast_and_close_to_exact(bundled_faces):
     """Above 32 px, σ is applied on a downscaled copy: within 2 levels of OpenCV's exact blur."""
     import time
 
@@ -328,12 +328,12 @@ def test_strong_blur_is_fast_and_close_to_exact(lfw_images):
 
     from identitydp.anonymizers.classical import BlurAnonymizer, gaussian_blur
 
-    img = np.asarray(Image.open(lfw_images[0]).convert("RGB").resize((520, 520)))
+    img = np.asarray(Image.open(bundled_faces[0]).convert("RGB").resize((520, 520)))
     for sigma in (33.0, 80.0, 200.0):
         exact = cv2.GaussianBlur(img, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
         diff = np.abs(gaussian_blur(img, sigma).astype(int) - exact)
         assert diff.mean() < 0.5 and diff.max() <= 3
-    big = np.ascontiguousarray(np.asarray(Image.open(lfw_images[0]).convert("RGB").resize((2200, 2200))))
+    big = np.ascontiguousarray(np.asarray(Image.open(bundled_faces[0]).convert("RGB").resize((2200, 2200))))
     t0 = time.perf_counter()
     BlurAnonymizer(sigma=1.0).process_region(big, 1700.0, np.random.default_rng(0))  # was minutes
     assert time.perf_counter() - t0 < 2
@@ -361,8 +361,8 @@ class _SkippingMethod(FaceAnonymizer):
 
 
 @pytest.mark.parametrize("method", [_BrokenMethod(), _SkippingMethod()])
-def test_fail_closed_masks_faces(method, lfw_images):
-    img = _face(lfw_images[10])
+def test_fail_closed_masks_faces(method, bundled_faces):
+    img = _face(bundled_faces[2])
     out, report = Anonymizer(method).anonymize(img)
     assert report.num_faces == 1 and report.num_masked == 1
     x1, y1, x2, y2 = report.detections.boxes[0].astype(int)
@@ -390,10 +390,10 @@ def test_api_rejects_bad_images():
 # ------------------------------------------------------------------------------------- CLI
 
 
-def test_cli_folder_tree_and_exit_codes(tmp_path, lfw_images, capsys):
+def test_cli_folder_tree_and_exit_codes(tmp_path, bundled_faces, capsys):
     src = tmp_path / "in"
     (src / "sub").mkdir(parents=True)
-    for i, p in enumerate(lfw_images[20:24]):
+    for i, p in enumerate(bundled_faces[0:4]):
         Image.open(p).save(src / ("sub" if i % 2 else ".") / f"{i}.jpg")
     (src / "broken.jpg").write_bytes(b"\xff\xd8garbage")
     out = tmp_path / "out"

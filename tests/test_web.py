@@ -112,13 +112,13 @@ def test_exemption_in_the_web_ui_keeps_only_the_consenting_person(server, tmp_pa
 
 
 @pytest.mark.slow
-def test_video_upload_progress_and_preview(server, tmp_path, lfw_images):
+def test_video_upload_progress_and_preview(server, tmp_path, bundled_faces):
     import httpx
     from fractions import Fraction
 
     from clipgen import write_clip
 
-    face = np.asarray(Image.open(lfw_images[0]))[25:225, 25:225]
+    face = np.asarray(Image.open(bundled_faces[0]))[25:225, 25:225]
 
     def frames():
         for i in range(16):

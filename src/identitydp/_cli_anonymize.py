@@ -17,6 +17,10 @@ PROGRESS_MIN_IMAGES = 4
 EXIT_ERROR = 3  # as identitydp.cli.EXIT_ERROR (not imported: the cli module imports this one)
 
 
+#: Default of --max-megapixels: identitydp.io.MAX_PIXELS / 1e6 (not imported here: building the
+#: parser must not load numpy and PIL; tests/test_cli_hardening.py checks the two agree).
+DEFAULT_MAX_MEGAPIXELS = 150.0
+
 #: Upper bound of --blocks (more cells than this is no longer pixelation).
 MAX_BLOCKS = 512
 #: DP-Pix canonical grid side (identitydp.anonymizers.DPPixAnonymizer's default ``grid``).
@@ -87,6 +91,9 @@ def add_method_arguments(p) -> None:
     p.add_argument("--exempt", type=path_text, metavar="DIR",
                    help="reference photos of people who consent (DIR/name.jpg or DIR/name/*.jpg): their faces are kept "
                         "when they match strictly (LFW false-accept rate <= 0.01 %%); photos only")
+    p.add_argument("--max-megapixels", type=bounded_float(1, 10_000), default=DEFAULT_MAX_MEGAPIXELS,
+                   help=f"refuse images larger than this (default {DEFAULT_MAX_MEGAPIXELS:.0f}: a 3-channel copy is 3 bytes a "
+                        "pixel, and the limit stops decompression bombs); raise it for huge scans")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never the inputs)")
     p.add_argument("--report", type=path_text, help="write a JSON report of every image and face to this file")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -218,7 +225,7 @@ def run_anonymize(args) -> int:
     if not plan.items:
         return 1
     with Job(config, ledger=ledger_path, budget=args.budget, overwrite=args.overwrite,
-             video=video_options_from_args(args)) as job:
+             video=video_options_from_args(args), max_pixels=int(args.max_megapixels * 1e6)) as job:
         if config.exempt is not None:
             job.anonymizer  # reads the reference photos now: a bad --exempt folder stops here, before any output
         show = not args.quiet

@@ -142,11 +142,27 @@ def read_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> Load
     path = Path(path)
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # Our own pixel limit replaces PIL's warning about large images.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            loaded = _open_and_decode(path, max_pixels)
+        except ImageReadError:
+            raise
+        except MemoryError as exc:
+            raise ImageReadError(f"{path}: not enough memory to decode it (lower --max-megapixels, or free memory)") from exc
+        except Exception as exc:  # noqa: BLE001 - third-party decoders on untrusted bytes raise anything
+            # (the fuzz target tests/fuzz_decoders.py found TypeError, struct.error, IndexError, ...)
+            raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from exc
+    for warning in caught:  # e.g. a truncated TIFF strip, corrupt EXIF: say which file, once
+        log.warning("%s: %s", path, warning.message)
+    return loaded
+
+
+def _open_and_decode(path: Path, max_pixels: int) -> LoadedImage:
     try:
-        with warnings.catch_warnings():
-            # Our own pixel limit below replaces PIL's warning about large images.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+        img = Image.open(path)
     except Image.DecompressionBombError as exc:
         raise ImageReadError(f"{path}: refusing to decode, more than the limit of {max_pixels / 1e6:.0f} megapixels ({exc})") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..errors import BudgetExceededError, IdentityDPError
 from ..exempt import ExemptionError
+from ..io import MAX_PIXELS
 from ..privacy.store import Charge, LedgerStore
 from .config import AnonymizerConfig
 from .plan import WorkItem
@@ -200,6 +201,7 @@ class Job:
         video: options of video items.
         anonymizer: an already built :class:`~identitydp.pipeline.Anonymizer` for ``config`` (the
             web UI shares one between requests).
+        max_pixels: largest image decoded (pixels); larger ones fail with a message that says so.
 
     Raises:
         PrivacyError: a DP method without a ledger, or a budget the ledger refuses.
@@ -214,11 +216,13 @@ class Job:
         overwrite: bool = False,
         video: VideoOptions | None = None,
         anonymizer=None,
+        max_pixels: int = MAX_PIXELS,
     ) -> None:
         from ..errors import PrivacyError
 
         self.config = config
         self.overwrite = bool(overwrite)
+        self.max_pixels = int(max_pixels)
         self.video = video or VideoOptions()
         self._anonymizer = anonymizer
         self._video_anonymizer = None
@@ -334,7 +338,7 @@ class Job:
     def _run_image(self, item: WorkItem) -> ItemResult:
         from ..io import read_image, write_image
 
-        loaded = read_image(item.source)
+        loaded = read_image(item.source, max_pixels=self.max_pixels)
         anonymizer = self.anonymizer
         ids: list[int] = []
         item_id = None
