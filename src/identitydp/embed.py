@@ -6,7 +6,7 @@ judges (:mod:`identitydp.models.judges`), exposed through the same interface so 
 and ``identitydp verify`` treat every recognizer alike.
 
 Vectors are L2-normalised. dlib's raw descriptors are squashed (two random people score cosine
-about 0.83, DESIGN.md §3): pass ``mean`` (the training-set mean descriptor, e.g. the one a
+about 0.83, docs/design.md#the-renderer): pass ``mean`` (the training-set mean descriptor, e.g. the one a
 generator checkpoint was trained with) to centre them before normalising, so that random pairs
 score about 0.
 """

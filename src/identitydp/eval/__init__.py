@@ -1,6 +1,6 @@
 """The evaluation suite: privacy, utility, realism, diversity and speed of anonymizers on LFW.
 
-Protocol: DESIGN.md §5. Entry points: ``identitydp eval`` (:mod:`identitydp.eval._cli`),
+Protocol: docs/evaluation.md#protocol. Entry points: ``identitydp eval`` (:mod:`identitydp.eval._cli`),
 :class:`~identitydp.eval.runner.EvalRun` and :func:`~identitydp.eval.report.write_report`.
 Heavy modules (torch, models) are imported lazily by the runner.
 """

@@ -1,4 +1,4 @@
-"""``identitydp eval``: run the evaluation protocol (DESIGN.md §5) and write a report."""
+"""``identitydp eval``: run the evaluation protocol (docs/evaluation.md#protocol) and write a report."""
 
 from __future__ import annotations
 

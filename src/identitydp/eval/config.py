@@ -267,7 +267,7 @@ class EvalConfig:
 
     @classmethod
     def full(cls, lfw_dir: str | Path, **overrides) -> "EvalConfig":
-        """The full LFW protocol of DESIGN.md §5 (1,680 probes, 3,000 impostor pairs)."""
+        """The full LFW protocol of docs/evaluation.md#protocol (1,680 probes, 3,000 impostor pairs)."""
         base = dict(lfw_dir=str(lfw_dir))
         base.update(overrides)
         return cls(**base)

@@ -19,7 +19,7 @@ from its 68 landmarks to the original's), and paste it back with a colour-matche
 clipped to the detector box enlarged by :data:`PASTE_REGION` per side: every pixel outside that
 rectangle stays bit-identical. Any failure on a face masks that face (fail closed).
 
-The guarantee covers the identity channel only (DESIGN.md §2, "Honest scope").
+The guarantee covers the identity channel only (docs/privacy.md#what-is-protected).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             relative to the signal, and the output stays in the span of real identities.
         geometry: warp the rendering onto the original face's 68 landmarks (dlib's shape
             predictor), so pose, expression and outline follow the original (default).
-            The geometry is an *attribute*: it is kept, not privatised (DESIGN.md §2).
+            The geometry is an *attribute*: it is kept, not privatised (docs/privacy.md).
         geometry_strength: how far the rendering's landmarks move towards the original's, in
             [0, 1] (1: all the way). Face shape carries identity: on 300 LFW people at ε = 1,
             moving half way (default) cut MobileFace rank-1 re-identification from 6.0 % to

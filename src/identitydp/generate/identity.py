@@ -6,7 +6,7 @@ margin; dlib's recognizer wants its own 150-px chip framing. Both are similarity
 with respect to the crop.
 
 Identity vectors given to the generator are dlib descriptors centred by the training-set mean
-and renormalised (DESIGN.md §3): raw dlib descriptors of two random people have cosine ≈ 0.83,
+and renormalised (docs/design.md#the-renderer): raw dlib descriptors of two random people have cosine ≈ 0.83,
 centred ones ≈ 0.
 """
 

@@ -9,7 +9,7 @@ or ``identitydp train ...`` with the same options. ``--minutes`` is a wall-time 
 process start: training stops early enough to write the final checkpoint, samples, the exported
 fp16 generator and a final evaluation.
 
-Losses (DESIGN.md §3, FaceShifter weights): hinge adversarial + 10·attribute + 5·identity +
+Losses (docs/design.md#the-renderer; FaceShifter's weights): hinge adversarial + 10·attribute + 5·identity +
 10·reconstruction. Identity is ``1 − cos`` between the centred dlib descriptor of a *degraded,
 jittered* copy of the output (differentiable dlib port, chip warp by ``grid_sample``) and the
 source identity. Each sample's source is, at random: another face (swap), the face itself
@@ -193,7 +193,7 @@ class Trainer:
         return raw
 
     def _setup_id2(self) -> None:
-        """Second recognizer for the identity loss (DESIGN.md §3: one recognizer gets gamed).
+        """Second recognizer for the identity loss (docs/design.md: one recognizer in the loss gets gamed).
         FaceRes features are centred by their training mean, like dlib's."""
         if self.cfg.id2 != "faceres":
             raise ValueError(f"unknown second recognizer {self.cfg.id2!r} (known: faceres)")

@@ -16,7 +16,7 @@ sum — dlib's ``add_prev`` semantics.
 
 The descriptors are dlib's raw ones (norm about 1.3-1.6), *not* renormalised: dlib's usual rule
 is "same person when the Euclidean distance < 0.6". For cosine losses and thresholds, centre
-them first (DESIGN.md §3) or use :class:`identitydp.embed.IdentityEmbedder`.
+them first (docs/design.md#the-renderer) or use :class:`identitydp.embed.IdentityEmbedder`.
 
 Alignment: dlib computes descriptors on a 150x150 "face chip" (``dlib.get_face_chip(img, shape,
 150, padding=0.25)`` from its own 5-point shape predictor). :func:`dlib_chip` produces the same

@@ -120,7 +120,7 @@ def centre(z: object, mean: object) -> np.ndarray:
     """Subtract a public mean embedding and renormalise: ``(z − μ) / ‖z − μ‖``.
 
     dlib embeddings are squashed into a narrow cone (two random people: cosine ≈ 0.83); after
-    centring on the *training* mean, random pairs score ≈ 0 (DESIGN.md §3). Use the mean of a
+    centring on the *training* mean, random pairs score ≈ 0 (docs/design.md#the-renderer). Use the mean of a
     fitted :class:`Projection` (``projection.mean``), never one computed on user images.
 
     Args:
@@ -311,7 +311,7 @@ class Projection(Domain):
     a realistic identity, so the generator never sees an out-of-distribution vector, and noise
     lives in k ≪ d dimensions (noise norm grows like √k, not √d). Sensitivity: L2 2R, L1 2R√k.
 
-    The fit must use *public training* embeddings (DESIGN.md §2), never a user's images; fitting on
+    The fit must use *public training* embeddings (docs/privacy.md), never a user's images; fitting on
     user data would make the domain itself a function of private data.
 
     Args:
