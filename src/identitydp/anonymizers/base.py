@@ -1,9 +1,10 @@
 """The one interface every anonymizer implements.
 
 An anonymizer replaces the faces of a frame. The pipeline detects faces and hands them over with
-the frame; the anonymizer returns a new frame and a per-face report. Anonymizers that work on
-aligned crops (IdentityDP) subclass :class:`CropAnonymizer` and only implement
-:meth:`CropAnonymizer.process_crops`; alignment, colour matching and blending are shared.
+the frame; the anonymizer returns a new frame and a per-face report. The classical methods share
+:class:`identitydp.anonymizers.classical.RegionAnonymizer` (a window around each box); IdentityDP
+(:class:`identitydp.generate.anonymizer.IdentityDPAnonymizer`) aligns crops itself and uses the
+shared alignment and blending functions of :mod:`identitydp.align` and :mod:`identitydp.blend`.
 """
 
 from __future__ import annotations
