@@ -305,3 +305,42 @@ def test_pixel_limit_default_matches_the_decoder_and_can_be_raised(tmp_path, cap
     assert not (tmp_path / "a.png").exists()
     assert cli_main(["anonymize", str(big), "-o", str(tmp_path / "b.png"), "--method", "blur"]) == 0
     assert (tmp_path / "b.png").is_file()
+
+
+def _unsure_scene(bundled_faces, path: Path) -> tuple[int, int, int, int]:
+    """A face so small (28 px crop, ~10 px face) that CenterFace scores it ~0.44: unsure."""
+    import cv2
+    from PIL import Image
+
+    face = np.asarray(Image.open(bundled_faces[0]).convert("RGB"))
+    canvas = np.full((480, 640, 3), 120, np.uint8)
+    canvas[100:128, 200:228] = cv2.resize(face, (28, 28), interpolation=cv2.INTER_AREA)
+    Image.fromarray(canvas).save(path)
+    return (200, 100, 228, 128)
+
+
+def test_unsure_detections_are_reported_and_masked_with_paranoid(tmp_path, bundled_faces, capsys):
+    from identitydp.io import read_image
+
+    src = tmp_path / "unsure.png"
+    x0, y0, x1, y1 = _unsure_scene(bundled_faces, src)
+    before = read_image(src).pixels[y0:y1, x0:x1].astype(int)
+    report = tmp_path / "report.json"
+    assert cli_main(["anonymize", str(src), "-o", str(tmp_path / "plain.png"), "--method", "blur", "--report", str(report)]) == 0
+    captured = capsys.readouterr()
+    assert "1 possible face(s)" in captured.err and "--paranoid" in captured.err
+    assert np.array_equal(read_image(tmp_path / "plain.png").pixels[y0:y1, x0:x1], before)  # left, and said so
+    uncertain = json.loads(report.read_text())["images"][0]["uncertain"]
+    assert len(uncertain) == 1 and 0.25 < uncertain[0]["score"] < 0.5 and uncertain[0]["status"] == "left as is"
+
+    assert cli_main(["anonymize", str(src), "-o", str(tmp_path / "paranoid.png"), "--method", "blur", "--paranoid"]) == 0
+    assert "masked solid" in capsys.readouterr().out
+    after = read_image(tmp_path / "paranoid.png").pixels[y0:y1, x0:x1].astype(int)
+    assert np.abs(after - before).mean() > 20
+
+
+def test_paranoid_is_refused_for_videos(tmp_path, capsys):
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(b"\x00" * 10)
+    assert cli_main(["anonymize", str(video), "--paranoid"]) == 2
+    assert "--paranoid applies to photos" in capsys.readouterr().err

@@ -81,6 +81,9 @@ def add_method_arguments(p) -> None:
     p.add_argument("--block", type=divisor_of(DP_PIX_GRID), help=f"dp-pix: block side b in canonical pixels, a divisor of {DP_PIX_GRID} (default 8)")
     p.add_argument("--m", type=bounded_int(1, DP_PIX_GRID**2), help="dp-pix: pixels that may differ between neighbours (default 16)")
     p.add_argument("--threshold", type=THRESHOLD, default=0.5, help="face detection score threshold, in (0, 1) (default 0.5)")
+    p.add_argument("--paranoid", action="store_true",
+                   help="also mask solid the possible faces the detector is unsure of (score between 0.25 and --threshold); "
+                        "without it they are left as they are and counted in the summary; photos only")
     p.add_argument("--seed", type=bounded_int(0, MAX_SEED), help="seed for a reproducible run (experiments only; default: OS randomness)")
     p.add_argument("--budget", type=positive_float(),
                    help="refuse to spend more than this ε on any one face, over all runs (dp-pix, identitydp); "
@@ -122,7 +125,8 @@ def config_from_args(args, method_params: dict | None = None):
     params = _method_params(args) if method_params is None else method_params
     exempt = getattr(args, "exempt", None)
     return AnonymizerConfig.create(args.method, threshold=args.threshold, seed=args.seed,
-                                   exempt=None if exempt is None else str(Path(exempt).resolve()), **params)
+                                   exempt=None if exempt is None else str(Path(exempt).resolve()),
+                                   paranoid=bool(getattr(args, "paranoid", False)), **params)
 
 
 def ledger_path_from_args(args) -> Path:
@@ -190,6 +194,13 @@ def print_summary(summary, plan, method: str, ledger_path: Path | None) -> None:
         line += f", {summary.count('refused')} refused (over the privacy budget, nothing written)"
     line += f", {failed} failed"
     print(line)
+    uncertain = sum(r.uncertain for r in summary.results if r.status == "done")
+    if uncertain:
+        if any((r.report or {}).get("method", {}).get("paranoid") for r in summary.results if r.status == "done"):
+            print(f"paranoid: {uncertain} possible face(s) the detector was unsure of were masked solid")
+        else:
+            print(f"note: {uncertain} possible face(s) scored between 0.25 and the threshold and were left as they are; "
+                  "look at them (--report lists where) or rerun with --paranoid to mask them", file=sys.stderr)
     if summary.ledger is not None and summary.releases:
         print(f"privacy ledger: {ledger_path} ({summary.releases} releases now; max ε spent on one face: "
               f"{summary.ledger['max_spent_epsilon']})")
@@ -220,6 +231,9 @@ def run_anonymize(args) -> int:
             return 2
     if config.exempt is not None and any(i.kind == "video" for i in plan.items):
         print("identitydp: --exempt applies to photos; run the videos without it", file=sys.stderr)
+        return 2
+    if config.paranoid and any(i.kind == "video" for i in plan.items):
+        print("identitydp: --paranoid applies to photos; for videos lower --threshold instead", file=sys.stderr)
         return 2
     print_plan_notes(plan, args.quiet)
     if not plan.items:
@@ -267,7 +281,9 @@ def run_anonymize(args) -> int:
                          for r in summary.results if r.status in ("failed", "refused")]
                         + [{"input": str(m), "status": "failed", "error": "no such file or folder"} for m in plan.missing],
             "skipped": [{"input": str(r.item.source), "reason": r.reason} for r in summary.results if r.status == "skipped"]
-                       + [{"input": str(s.source), "reason": s.reason} for s in plan.skipped],
+                       + [{"input": str(s.source), "reason": s.reason} for s in plan.skipped]
+                       + [{"input": str(p), "reason": "not an image or video by its suffix"} for p in plan.others],
+            "hidden_skipped": plan.hidden,
             "config": config.to_dict(),
             "ledger": summary.ledger,
             "timing": summary.timing,

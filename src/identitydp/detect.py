@@ -22,6 +22,9 @@ _OUTPUT_NAMES = ["537", "538", "539", "540"]  # heatmap, scale, offset, landmark
 #: Longer side of the close-up pass's downscaled copy, and its padding per side (fraction).
 COARSE_SIDE = 256
 COARSE_PAD = 0.35
+#: Candidates scoring between this and the threshold are *uncertain*: not anonymized by default,
+#: but reported (``Detections.uncertain``), and masked solid with ``paranoid=True``.
+UNCERTAIN_THRESHOLD = 0.25
 
 
 @dataclass(frozen=True)
@@ -32,11 +35,15 @@ class Detections:
         boxes: (N, 4) float32 x1, y1, x2, y2 in frame pixels.
         scores: (N,) float32 in [0, 1].
         landmarks: (N, 5, 2) float32 pixels: left eye, right eye, nose, left/right mouth corner.
+        uncertain: candidates the detector scored below its threshold but above
+            :data:`UNCERTAIN_THRESHOLD` that overlap no face above (possible faces it is not
+            sure of), as another :class:`Detections`; None when not computed. Not counted in N.
     """
 
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
     scores: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.float32))
     landmarks: np.ndarray = field(default_factory=lambda: np.zeros((0, 5, 2), np.float32))
+    uncertain: "Detections | None" = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n = len(self.scores)
@@ -104,6 +111,17 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-9)
 
 
+def _coverage(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N, M) fraction of each box of ``a`` (N, 4) covered by each box of ``b`` (M, 4)."""
+    x1 = np.maximum(a[:, None, 0], b[None, :, 0])
+    y1 = np.maximum(a[:, None, 1], b[None, :, 1])
+    x2 = np.minimum(a[:, None, 2], b[None, :, 2])
+    y2 = np.minimum(a[:, None, 3], b[None, :, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    area = np.clip(a[:, 2] - a[:, 0], 1e-6, None) * np.clip(a[:, 3] - a[:, 1], 1e-6, None)
+    return inter / area[:, None]
+
+
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
     """Greedy non-maximum suppression. Returns kept indices, best score first."""
     order = np.argsort(-scores)
@@ -143,12 +161,18 @@ class CenterFaceDetector:
         pad_tight: bool = True,
         coarse_side: int = COARSE_SIDE,
         nms_iou: float = 0.3,
+        uncertain_threshold: float = UNCERTAIN_THRESHOLD,
     ) -> None:
         if not 0.0 < threshold < 1.0:
             raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+        if not 0.0 < uncertain_threshold < 1.0:
+            raise ValueError(f"uncertain_threshold must be in (0, 1), got {uncertain_threshold}")
         if max_side < 64:
             raise ValueError(f"max_side must be >= 64, got {max_side}")
         self.threshold = threshold
+        # The network's heat map is decoded down to this score; greedy NMS never lets a lower
+        # score suppress a higher one, so the faces above ``threshold`` are the same as without it.
+        self._cut = min(threshold, uncertain_threshold)
         self.max_side = max_side
         self.tile = tile
         self.pad_tight = pad_tight
@@ -168,7 +192,7 @@ class CenterFaceDetector:
             self._net.setInput(blob)
             heatmap, scale, offset, lms = self._net.forward(_OUTPUT_NAMES)
         heat = heatmap[0, 0]
-        ys, xs = np.nonzero(heat > self.threshold)
+        ys, xs = np.nonzero(heat > self._cut)
         if ys.size == 0:
             return Detections()
         box_h = np.exp(scale[0, 0, ys, xs]) * 4
@@ -231,13 +255,19 @@ class CenterFaceDetector:
                 parts.extend(self._detect_tiles(image))
         merged = Detections.concatenate(parts)
         if not len(merged):
-            return merged
+            return Detections(uncertain=Detections())
         keep = nms(merged.boxes, merged.scores, self.nms_iou)
         merged = merged.subset(keep)
         merged = Detections(
             np.clip(merged.boxes, 0, [w, h, w, h]).astype(np.float32), merged.scores, merged.landmarks
         )
-        return merged
+        sure = merged.scores > self.threshold
+        faces, maybe = merged.subset(np.flatnonzero(sure)), merged.subset(np.flatnonzero(~sure))
+        if len(maybe) and len(faces):
+            # A weak box on a found face (a part of it, a second scale) is that face, not another.
+            inside = _coverage(maybe.boxes, faces.boxes).max(axis=1) > 0.3
+            maybe = maybe.subset(np.flatnonzero(~inside))
+        return Detections(faces.boxes, faces.scores, faces.landmarks, uncertain=maybe)
 
     def _detect_coarse(self, image: np.ndarray) -> Detections:
         """The close-up pass: downscale to ``coarse_side``, pad by 35 % per side, detect, map back."""

@@ -36,6 +36,10 @@ class ImageReport:
         method: the anonymizer's parameters.
         seconds: wall time per stage (detect, anonymize).
         source, output: file paths when the image came from / went to a file.
+        uncertain: possible faces the detector scored below its threshold (see
+            :attr:`Detections.uncertain`), or None.
+        uncertain_masked: True when those were masked solid (``paranoid``); else they were left
+            as they are.
     """
 
     detections: Detections
@@ -44,6 +48,12 @@ class ImageReport:
     seconds: dict = field(default_factory=dict)
     source: Path | None = None
     output: Path | None = None
+    uncertain: Detections | None = None
+    uncertain_masked: bool = False
+
+    @property
+    def num_uncertain(self) -> int:
+        return 0 if self.uncertain is None else len(self.uncertain)
 
     @property
     def num_faces(self) -> int:
@@ -71,6 +81,8 @@ class ImageReport:
                  **({"exempt": outcome.exempt} if outcome.exempt else {})}
                 for det, outcome in zip(self.detections.to_json(), self.faces)
             ],
+            "uncertain": [{**det, "status": "masked" if self.uncertain_masked else "left as is"}
+                          for det in (self.uncertain.to_json() if self.uncertain is not None else [])],
             "seconds": {k: round(v, 4) for k, v in self.seconds.items()},
         }
 
@@ -92,6 +104,9 @@ class Anonymizer:
         detector: an object with ``detect(rgb) -> Detections``; CenterFace by default.
         exempt: an :class:`~identitydp.exempt.Exemptions` (consenting people's faces are left as
             they are), or a folder of reference photos; None: every face is anonymized.
+        paranoid: also mask solid every *uncertain* detection (a possible face the detector
+            scored between :data:`~identitydp.detect.UNCERTAIN_THRESHOLD` and ``threshold``);
+            without it they are left as they are and only reported. Photos only.
         **method_params: keyword arguments of the method (e.g. ``sigma=0.1``, ``epsilon=1``).
     """
 
@@ -103,6 +118,7 @@ class Anonymizer:
         seed: int | None = None,
         detector=None,
         exempt=None,
+        paranoid: bool = False,
         **method_params,
     ) -> None:
         if isinstance(method, FaceAnonymizer):
@@ -115,6 +131,7 @@ class Anonymizer:
             self.method = make_anonymizer(method, **method_params)
         self.detector = detector if detector is not None else CenterFaceDetector(threshold=threshold)
         self.seed = seed
+        self.paranoid = bool(paranoid)
         self._rng = np.random.default_rng(seed)
         exempt_folder = None
         if exempt is not None and not hasattr(exempt, "match"):
@@ -132,7 +149,7 @@ class Anonymizer:
             if exempt is None or exempt_folder is not None:
                 self.config = AnonymizerConfig.create(
                     method, threshold=self.detector.threshold, seed=seed, pad_tight=self.detector.pad_tight,
-                    exempt=exempt_folder, **{k: v for k, v in method_params.items() if k != "seed"},
+                    exempt=exempt_folder, paranoid=self.paranoid, **{k: v for k, v in method_params.items() if k != "seed"},
                 )
 
     def __reduce__(self):
@@ -188,11 +205,19 @@ class Anonymizer:
             if m is not None:
                 outcomes.append(FaceOutcome(index=i, status="exempt", exempt=m.to_json()))
         outcomes.sort(key=lambda o: o.index)
+        uncertain = detections.uncertain
+        if self.paranoid and uncertain is not None and len(uncertain):
+            out = out.copy() if out is image else out
+            for box in uncertain.boxes:
+                out = solid_mask(out, box)
         seconds["anonymize"] = time.perf_counter() - t0
         method = self.method.describe()
         if self.exemptions is not None:
             method = {**method, "exempt": self.exemptions.describe()}
-        return out, ImageReport(detections=detections, faces=outcomes, method=method, seconds=seconds)
+        if self.paranoid:
+            method = {**method, "paranoid": True}
+        return out, ImageReport(detections=detections, faces=outcomes, method=method, seconds=seconds,
+                                uncertain=uncertain, uncertain_masked=self.paranoid)
 
     def _anonymize_fail_closed(
         self, image: np.ndarray, detections: Detections, track_ids: list[int] | None = None

@@ -64,6 +64,7 @@ class AnonymizerConfig:
         weights: registry name → SHA-256 of the weight files it loads; filled by :meth:`create`.
         exempt: folder of reference photos of people who consent (their faces are kept), or None.
             Workers read it again: it must be at the same path on every machine.
+        paranoid: also mask uncertain detections solid (see :class:`~identitydp.pipeline.Anonymizer`).
     """
 
     method: str
@@ -73,10 +74,11 @@ class AnonymizerConfig:
     pad_tight: bool = True
     weights: Mapping[str, str] = field(default_factory=dict)
     exempt: str | None = None
+    paranoid: bool = False
 
     @classmethod
     def create(cls, method: str, *, threshold: float = 0.5, seed: int | None = None, pad_tight: bool = True,
-               exempt: str | None = None, **params: Any) -> "AnonymizerConfig":
+               exempt: str | None = None, paranoid: bool = False, **params: Any) -> "AnonymizerConfig":
         """A configuration with the installed weights' checksums recorded.
 
         Raises:
@@ -92,14 +94,19 @@ class AnonymizerConfig:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"method parameters must be JSON values: {exc}") from exc
         return cls(method=method, params=clean, threshold=float(threshold), seed=seed, pad_tight=bool(pad_tight),
-                   weights=_weights_for(method, clean), exempt=None if exempt is None else str(exempt))
+                   weights=_weights_for(method, clean), exempt=None if exempt is None else str(exempt),
+                   paranoid=bool(paranoid))
 
     @property
     def is_dp(self) -> bool:
         return self.method in DP_METHODS
 
     def to_dict(self) -> dict:
+        # ``paranoid`` only when set, so that configurations (and ledger fingerprints) made before
+        # it existed read and compare the same.
+        extra = {"paranoid": True} if self.paranoid else {}
         return {
+            **extra,
             "format": CONFIG_FORMAT,
             "method": self.method,
             "params": {k: _jsonable(v) for k, v in sorted(self.params.items())},
@@ -131,6 +138,7 @@ class AnonymizerConfig:
                 pad_tight=bool(data.get("pad_tight", True)),
                 weights=dict(data.get("weights") or {}),
                 exempt=data.get("exempt"),
+                paranoid=bool(data.get("paranoid", False)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed anonymizer configuration: {exc}") from exc
@@ -169,6 +177,6 @@ class AnonymizerConfig:
         self.check_weights()
         detector = CenterFaceDetector(threshold=self.threshold, pad_tight=self.pad_tight)
         anonymizer = Anonymizer(self.method, threshold=self.threshold, seed=self.seed, detector=detector,
-                                exempt=self.exempt, **dict(self.params))
+                                exempt=self.exempt, paranoid=self.paranoid, **dict(self.params))
         anonymizer.config = self
         return anonymizer

@@ -122,6 +122,8 @@ class ItemResult:
         epsilon: the largest ε charged to one face of this item in this run.
         report: the pipeline's JSON report (image) or the video report.
         seconds: wall time of the item.
+        uncertain: possible faces scored below the detector's threshold (masked solid when the
+            configuration is ``paranoid``, else left as they are).
     """
 
     item: WorkItem
@@ -134,10 +136,12 @@ class ItemResult:
     report: dict | None = None
     seconds: float = 0.0
     exempt: int = 0
+    uncertain: int = 0
 
     def to_dict(self) -> dict:
         out = {**self.item.to_dict(), "status": self.status, "faces": self.faces, "masked": self.masked,
-               "releases": self.releases, "epsilon": self.epsilon, "seconds": round(self.seconds, 3), "exempt": self.exempt}
+               "releases": self.releases, "epsilon": self.epsilon, "seconds": round(self.seconds, 3), "exempt": self.exempt,
+               "uncertain": self.uncertain}
         if self.reason:
             out["reason"] = self.reason
         if self.report is not None:
@@ -148,7 +152,7 @@ class ItemResult:
     def from_dict(cls, data: dict) -> "ItemResult":
         return cls(item=WorkItem.from_dict(data), status=data["status"], reason=data.get("reason"), faces=data["faces"],
                    masked=data["masked"], releases=data["releases"], epsilon=data["epsilon"], report=data.get("report"),
-                   seconds=data["seconds"], exempt=data.get("exempt", 0))
+                   seconds=data["seconds"], exempt=data.get("exempt", 0), uncertain=data.get("uncertain", 0))
 
 
 @dataclass
@@ -376,13 +380,18 @@ class Job:
             for i, key in zip(released, keys):
                 data["faces"][i]["ledger_key"] = key
         return ItemResult(item, "done", faces=report.num_faces, masked=report.num_masked, releases=len(ids),
-                          epsilon=cost.epsilon if ids else 0.0, report=data, exempt=report.num_exempt)
+                          epsilon=cost.epsilon if ids else 0.0, report=data, exempt=report.num_exempt,
+                          uncertain=report.num_uncertain)
 
     def _run_video(self, item: WorkItem, frame_progress) -> ItemResult:
         from ..video import anonymize_video, probe_video
 
         if self.config.exempt is not None:
             raise ExemptionError(f"{item.source}: --exempt applies to photos; videos are not supported with it yet")
+        if self.config.paranoid:
+            from .config import ConfigError
+
+            raise ConfigError(f"{item.source}: --paranoid applies to photos; for a video, lower --threshold instead")
         anonymizer = self.video_anonymizer
         method = anonymizer.method
         cost = method.release_cost()
