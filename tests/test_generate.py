@@ -267,6 +267,31 @@ def test_failure_masks_the_face(lfw_face, generator_file: Path) -> None:
     assert (result.image[cy, cx] == 0).all()
 
 
+def test_faces_of_a_frame_go_as_one_batch_and_a_bad_one_costs_only_itself(generator_file: Path) -> None:
+    """Four faces in one frame: one recognizer / renderer batch; a face with broken landmarks is
+    masked, the others are anonymized with one release each (as when they went one by one)."""
+    from identitydp.detect import CenterFaceDetector, Detections
+    from identitydp.generate.anonymizer import IdentityDPAnonymizer
+
+    faces = sorted((Path(__file__).parent / "data" / "faces").glob("*.jpg"))
+    canvas = np.full((300, 1040, 3), 90, np.uint8)
+    for k, path in enumerate(faces):
+        canvas[25:275, 10 + k * 257 : 260 + k * 257] = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    det = CenterFaceDetector().detect(canvas)
+    assert len(det) == 4
+    landmarks = det.landmarks.copy()
+    landmarks[2] = np.nan
+    broken = Detections(det.boxes, det.scores, landmarks)
+    anon = IdentityDPAnonymizer(epsilon=1.0, seed=3, weights=generator_file)
+    result = anon.anonymize_frame(canvas, broken, np.random.default_rng(0))
+    assert [f.status for f in result.faces] == ["anonymized", "anonymized", "masked", "anonymized"]
+    assert [f.index for f in result.faces] == [0, 1, 2, 3]
+    assert all(result.faces[i].privacy["epsilon"] == 1.0 for i in (0, 1, 3)) and result.faces[2].privacy is None
+    for i in (0, 1, 3):
+        x1, y1, x2, y2 = det.boxes[i].astype(int)
+        assert np.abs(result.image[y1:y2, x1:x2].astype(int) - canvas[y1:y2, x1:x2]).mean() > 2.0
+
+
 def test_anonymizer_with_public_projection(lfw_face, generator_file: Path) -> None:
     """Noise in the registered 16-d public projection: a valid release with the projected domain."""
     from identitydp.generate.anonymizer import IdentityDPAnonymizer

@@ -322,56 +322,131 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self._tracks.pop(track_id, None)
         self._track_noise.pop(track_id, None)
 
+    def _privacy_record(self, release) -> dict:
+        privacy = release.cost.to_dict()
+        privacy["seeded"] = self.seed is not None
+        warnings = []
+        if math.isinf(self.epsilon):
+            warnings.append("epsilon = inf: the true identity was rendered, no privacy")
+        if self.seed is not None:
+            warnings.append("seeded noise: reproducible by anyone who knows the seed, not private against them")
+        if warnings:
+            privacy["warnings"] = warnings
+        return privacy
+
     def _anonymize(self, image: np.ndarray, faces: Detections, track_ids: list) -> FrameResult:
+        """All faces of a frame go through the recognizer, the mechanism and the v1 renderer as one
+        batch each (one forward pass per network, not one per face); a batch that fails is
+        retried face by face, and a face that still fails is masked solid (fail closed)."""
         from ..align import align_face
         from ..anonymizers.classical import solid_mask
-        from ..blend import enlarged_box, paste_face
 
         out = image.copy()
-        outcomes: list[FaceOutcome] = []
+        outcomes: dict[int, FaceOutcome] = {}
+        aligned: dict[int, object] = {}
+
+        def fail(i: int, exc: BaseException) -> None:
+            nonlocal out
+            log.warning("identitydp could not anonymize face %d (%s); masking it", i, exc)
+            out = solid_mask(out, faces.boxes[i])
+            outcomes[i] = FaceOutcome(index=i, status="masked", error=f"{type(exc).__name__}: {exc}")
+            aligned.pop(i, None)
+
         for i in range(len(faces)):
             try:
                 lm = faces.landmarks[i]
                 if not np.all(np.isfinite(lm)):
                     raise AnonymizationError(f"non-finite landmarks for face {i}")
-                aligned = align_face(image, lm, size=self.size, margin=self.margin)
-                track = track_ids[i]
-                privacy = None
-                if track is not None and track in self._tracks:
-                    noisy = self._tracks[track]
-                else:
-                    release = self.mechanism.perturb(self._identities(image, lm[None]))
-                    noisy = np.asarray(release.embeddings, np.float64).reshape(1, -1)
-                    if not np.all(np.isfinite(noisy)):
-                        raise AnonymizationError("mechanism returned a non-finite identity")
-                    privacy = release.cost.to_dict()
-                    privacy["seeded"] = self.seed is not None
-                    warnings = []
-                    if math.isinf(self.epsilon):
-                        warnings.append("epsilon = inf: the true identity was rendered, no privacy")
-                    if self.seed is not None:
-                        warnings.append("seeded noise: reproducible by anyone who knows the seed, not private against them")
-                    if warnings:
-                        privacy["warnings"] = warnings
-                    if track is not None:
-                        self._tracks[track] = noisy
-                region = enlarged_box(faces.boxes[i], PASTE_REGION)
-                if self.inpainting:
-                    seed = None if self._texture_rng is None else int(self._texture_rng.integers(2**62))
-                    if track is not None:
-                        seed = self._track_noise.setdefault(track, secrets.randbits(62) if seed is None else seed)
-                    face, mask = self.inpaint(aligned.crop, noisy, noise_seed=seed)
-                    out = paste_face(out, face, aligned.inverse, mask, color_match=self.color_match,
-                                     original_crop=aligned.crop, region=region)
-                else:
-                    face = self.render(aligned.crop[None], noisy)[0]
-                    if self.geometry:
-                        face = self.match_geometry(face, aligned.crop)
-                    out = paste_face(out, face, aligned.inverse, self.mask, color_match=self.color_match,
-                                     original_crop=aligned.crop, region=region)
-                outcomes.append(FaceOutcome(index=i, privacy=privacy))
+                aligned[i] = align_face(image, lm, size=self.size, margin=self.margin)
             except Exception as exc:  # noqa: BLE001 - any failure on a face must hide that face (fail closed)
-                log.warning("identitydp could not anonymize face %d (%s); masking it", i, exc)
-                out = solid_mask(out, faces.boxes[i])
-                outcomes.append(FaceOutcome(index=i, status="masked", error=f"{type(exc).__name__}: {exc}"))
-        return FrameResult(image=out, faces=outcomes)
+                fail(i, exc)
+        noisy: dict[int, np.ndarray] = {}
+        privacy: dict[int, dict] = {}
+        draw = []
+        for i in aligned:
+            track = track_ids[i]
+            if track is not None and track in self._tracks:
+                noisy[i] = self._tracks[track]
+            else:
+                draw.append(i)
+        # Embeddings carry no privacy cost: a failed batch is retried face by face.
+        identities: dict[int, np.ndarray] = {}
+
+        def embed(group: list[int]) -> None:
+            z = self._identities(image, faces.landmarks[group])
+            for row, i in enumerate(group):
+                identities[i] = z[row]
+
+        self._batched(draw, embed, fail)
+        draw = [i for i in draw if i in identities]
+        if draw:
+            # One draw per face, never retried: a second draw would be a second, uncharged release.
+            try:
+                release = self.mechanism.perturb(np.stack([identities[i] for i in draw]))
+                z = np.asarray(release.embeddings, np.float64).reshape(len(draw), -1)
+                if not np.all(np.isfinite(z)):
+                    raise AnonymizationError("mechanism returned a non-finite identity")
+                record = self._privacy_record(release)
+            except Exception as exc:  # noqa: BLE001 - fail closed on every face of the draw
+                for i in draw:
+                    fail(i, exc)
+            else:
+                for row, i in enumerate(draw):
+                    noisy[i] = z[row : row + 1]
+                    privacy[i] = dict(record)
+                    if track_ids[i] is not None:
+                        self._tracks[track_ids[i]] = noisy[i]
+        rendered: dict[int, np.ndarray] = {}
+        if not self.inpainting:
+            def render(group: list[int]) -> None:
+                crops = np.stack([aligned[i].crop for i in group])
+                for i, face in zip(group, self.render(crops, np.concatenate([noisy[i] for i in group]))):
+                    rendered[i] = face
+
+            self._batched([i for i in aligned if i in noisy], render, fail)
+        for i in sorted(aligned):
+            if i not in noisy:
+                continue
+            try:
+                out = self._paste(out, faces, i, aligned[i], noisy[i], rendered.get(i), track_ids[i])
+                outcomes[i] = FaceOutcome(index=i, privacy=privacy.get(i))
+            except Exception as exc:  # noqa: BLE001 - any failure on a face must hide that face (fail closed)
+                fail(i, exc)
+        for i in range(len(faces)):
+            if i not in outcomes:
+                fail(i, AnonymizationError("face was not rendered"))
+        return FrameResult(image=out, faces=[outcomes[i] for i in range(len(faces))])
+
+    @staticmethod
+    def _batched(indices: list[int], work, fail) -> None:
+        """Run ``work(indices)`` as one batch; if it raises, run it on each index alone and report
+        the ones that still fail to ``fail`` (one bad face costs only itself)."""
+        if not indices:
+            return
+        try:
+            work(list(indices))
+            return
+        except Exception:  # noqa: BLE001 - retried one by one below, where each failure is reported
+            log.debug("batch of %d faces failed; retrying one by one", len(indices))
+        for i in indices:
+            try:
+                work([i])
+            except Exception as exc:  # noqa: BLE001 - fail closed on this face
+                fail(i, exc)
+
+    def _paste(self, out, faces: Detections, i: int, aligned, noisy: np.ndarray, rendered, track):
+        from ..blend import enlarged_box, paste_face
+
+        region = enlarged_box(faces.boxes[i], PASTE_REGION)
+        if self.inpainting:
+            seed = None if self._texture_rng is None else int(self._texture_rng.integers(2**62))
+            if track is not None:
+                seed = self._track_noise.setdefault(track, secrets.randbits(62) if seed is None else seed)
+            face, mask = self.inpaint(aligned.crop, noisy, noise_seed=seed)
+            return paste_face(out, face, aligned.inverse, mask, color_match=self.color_match,
+                              original_crop=aligned.crop, region=region)
+        face = rendered
+        if self.geometry:
+            face = self.match_geometry(face, aligned.crop)
+        return paste_face(out, face, aligned.inverse, self.mask, color_match=self.color_match,
+                          original_crop=aligned.crop, region=region)
