@@ -148,8 +148,10 @@ def test_quick_run_sanity(quick_run):
     # every line carries the code version and protocol; the report and plots exist
     line = results[-1]
     assert line["code"]["commit"] and line["protocol"]["people"] == 100
-    for name in ("report.md", "frontier.png", "samples.png", "config.json"):
+    for name in ("report.md", "frontier.png", "samples.png", "config.json", "privacy_curve.json"):
         assert (quick_run / name).is_file(), name
+    curve = json.loads((quick_run / "privacy_curve.json").read_text())
+    assert curve["format"].startswith("identitydp-privacy-curve") and curve["floor_mask"]["mobileface"]["rank1"]["n"] == 100
     report = (quick_run / "report.md").read_text()
     assert "| blur | sigma=0.2 |" in report
     assert json.loads((quick_run / "config.json").read_text())["people"] == 100

@@ -598,12 +598,17 @@ def test_cli_explain(capsys, projection, tmp_path):
     assert main(["privacy", "explain", "--mechanism", "laplace", "--epsilon", "1"]) == 0
     out = capsys.readouterr().out
     assert "22.63" in out and "2.67%" in out
+    # ... and the measured curve of the shipped model, this ε marked, with the mask floor
+    measured = out[out.index("Measured for the shipped model"):]
+    assert "<- this ε" in measured and "solid mask (the floor)" in measured and "mobileface" in measured
+    assert measured.count("\n      ") >= 3  # one row per measured ε
     assert main(["privacy", "explain", "--epsilon", "4", "--k", "16"]) == 0
     out = capsys.readouterr().out
     assert "PLACEHOLDER" in out and "R^16" in out
     path = projection.save(tmp_path / "p.safetensors")
     assert main(["privacy", "explain", "--epsilon", "4", "--projection", str(path)]) == 0
-    assert "k=8" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "k=8" in out and "Measured: not for this mechanism and domain" in out
     assert main(["privacy", "explain", "--mechanism", "gaussian", "--epsilon", "1"]) == 3  # δ missing
     capsys.readouterr()
     assert main(["privacy", "explain", "--epsilon", "0"]) == 2  # a usage error, refused by the parser

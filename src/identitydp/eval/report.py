@@ -64,9 +64,11 @@ class RunResults:
 
 
 def write_report(run_dir: str | Path) -> list[Path]:
-    """Write report.md, frontier.png and samples.png into ``run_dir``; returns the paths written."""
+    """Write report.md, privacy_curve.json, frontier.png and samples.png into ``run_dir``; returns the paths written."""
+    from .curve import write_curve
+
     res = RunResults(run_dir)
-    paths = [_write_markdown(res)]
+    paths = [_write_markdown(res), write_curve(run_dir)]
     if res.settings:
         paths.append(_write_frontier(res))
         samples = _write_samples(res)

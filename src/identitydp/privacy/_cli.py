@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _explain(args: argparse.Namespace) -> int:
     from ..errors import PrivacyError
     from .domains import L2Ball, Projection, UnitSphere, placeholder_radius
-    from .explain import explain
+    from .explain import explain, measured_curve_text
 
     notes: list[str] = []
     if args.projection:
@@ -58,4 +58,5 @@ def _explain(args: argparse.Namespace) -> int:
         domain = UnitSphere(args.dim)
     explanation = explain(args.mechanism, epsilon=args.epsilon, delta=args.delta, domain=domain, notes=tuple(notes))
     sys.stdout.write(explanation.text() + "\n")
+    sys.stdout.write(measured_curve_text(args.mechanism, epsilon=args.epsilon, domain=domain) + "\n")
     return 0

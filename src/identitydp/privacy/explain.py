@@ -205,3 +205,66 @@ def explain(
 ) -> Explanation:
     """Explain a mechanism by name: ``"laplace"``, ``"gaussian"`` (needs ``delta``) or ``"metric"``."""
     return explain_mechanism(make_mechanism(mechanism, epsilon=epsilon, domain=domain, delta=delta, rng=rng), notes=notes)
+
+
+#: The measured curve of the shipped model (written by ``identitydp eval``; see
+#: :mod:`identitydp.eval.curve`, which builds it, and docs/evaluation.md).
+CURVE_FILE = "privacy_curve.json"
+CURVE_JUDGE = "mobileface"
+
+
+def _fmt_rate(entry: dict | None) -> str:
+    if not entry:
+        return "–"
+    value, ci = entry["value"], entry.get("ci95")
+    text = f"{100 * value:.2f} %" if value < 0.1 else f"{100 * value:.1f} %"
+    return f"{text} [{100 * ci[0]:.2f}–{100 * ci[1]:.2f}]" if ci else text
+
+
+def measured_curve_text(mechanism: str, *, epsilon: float, domain: Domain, path=None) -> str:
+    """What ``identitydp eval`` measured for the shipped model, as lines of text (or why nothing).
+
+    Only the setting the curve was measured for is shown (the default: Laplace on the unit
+    sphere); for any other mechanism or domain the text says that it is not measured and how to
+    measure it.
+    """
+    import json
+    from pathlib import Path
+
+    from .domains import UnitSphere
+
+    if path is None:
+        from ..models.registry import WEIGHTS_DIR
+
+        path = WEIGHTS_DIR / CURVE_FILE
+    path = Path(path)
+    how = ("identitydp eval --methods 'identitydp:epsilon=1,4,16,inf;mechanism=" + mechanism + "' (add projection=... for a "
+           "projection) measures it; its run folder gets a privacy_curve.json")
+    if not path.is_file():
+        return f"Measured: no curve file ({path}); {how}."
+    curve = json.loads(path.read_text())
+    points = [p for p in curve.get("points", []) if not p.get("params")]  # the default setting only
+    if mechanism != "laplace" or not isinstance(domain, UnitSphere) or not points:
+        return f"Measured: not for this mechanism and domain (the shipped curve is Laplace on the unit sphere); {how}."
+    judge = CURVE_JUDGE
+    lines = [f"Measured for the shipped model (not a guarantee: one model, one data set; {curve['source']}).",
+             f"Judge: {judge} (independent: not in the renderer's training loss). Rank-1: the anonymized photo is matched "
+             f"against one other, original photo of every probe person (chance {100 * (curve.get('chance_rank1') or 0):.2f} %); "
+             "accepted: the anonymized photo passes as the same person as the original at the judge's FAR 0.1 % threshold.",
+             f"  {'ε':>6}  {'rank-1 re-identification':<28} {'accepted as the same person':<28}"]
+    for p in points:
+        eps = math.inf if p["epsilon"] == "inf" else float(p["epsilon"])
+        mark = "  <- this ε" if (eps == epsilon or (math.isinf(eps) and math.isinf(epsilon))) else ""
+        j = p["judges"].get(judge, {})
+        label = "inf" if math.isinf(eps) else f"{eps:g}"
+        lines.append(f"  {label:>6}  {_fmt_rate(j.get('rank1')):<28} {_fmt_rate(j.get('verify_accept')):<28}{mark}")
+    finite = [p["judges"].get(judge, {}).get("rank1") for p in points if p["epsilon"] != "inf"]
+    finite = [f for f in finite if f and f.get("ci95")]
+    if len(finite) >= 2 and max(f["ci95"][0] for f in finite) <= min(f["ci95"][1] for f in finite):
+        lines.append("  Reading: the finite ε measured give re-identification that cannot be told apart (their 95 % intervals "
+                     "overlap): on this model ε does not yet trade privacy for utility between them; only ε = inf brings the "
+                     "person back.")
+    for name, key in (("solid mask (the floor)", "floor_mask"), ("original photo", "originals")):
+        j = (curve.get(key) or {}).get(judge, {})
+        lines.append(f"  {name}: {_fmt_rate(j.get('rank1'))} rank-1, {_fmt_rate(j.get('verify_accept'))} accepted")
+    return "\n".join(lines)

@@ -1,0 +1,89 @@
+"""The measured privacy curve of a run: re-identification and acceptance per ε, for users.
+
+``identitydp eval`` writes ``privacy_curve.json`` into every run folder (from ``results.jsonl``
+alone); the file committed as ``src/identitydp/weights/privacy_curve.json`` is the one of the
+full LFW run (docs/results/lfw-full), and ``identitydp privacy explain`` prints it next to the
+maths, so that a user picks ε from evidence rather than from the bound alone.
+
+Per IdentityDP setting (method parameters, ε) it keeps, for each judge: rank-1 re-identification
+among the run's probe people (chance = 1 / people) and the verification acceptance at the judge's
+FAR threshold, each with its 95 % interval; and the same for the solid mask (the floor) and for
+the originals (what an unanonymized photo gives).
+
+Rebuild the committed file:
+    python -m identitydp.eval.curve docs/results/lfw-full -o src/identitydp/weights/privacy_curve.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+CURVE_FORMAT = "identitydp-privacy-curve/1"
+CURVE_METRICS = ("rank1", "verify_accept")
+
+
+def _epsilon(params: dict) -> float:
+    value = params.get("epsilon", 1.0)
+    return math.inf if value in ("inf", math.inf) else float(value)
+
+
+def privacy_curve(rows: list[dict], *, source: str) -> dict:
+    """The curve from a run's result lines (``results.jsonl`` as dicts)."""
+    by_setting: dict[str, dict] = {}
+    protocol = None
+    chance = None
+    for row in rows:
+        if row.get("metric") == "chance_rank1":
+            chance = row["value"]
+        if row.get("metric") not in CURVE_METRICS or row.get("judge") is None:
+            continue
+        protocol = protocol or row.get("protocol")
+        entry = by_setting.setdefault(row["setting"], {"setting": row["setting"], "method": row["method"],
+                                                       "params": row.get("params", {}), "judges": {}})
+        judge = entry["judges"].setdefault(row["judge"], {})
+        judge[row["metric"]] = {"value": row["value"], "ci95": row.get("extra", {}).get("ci95"), "n": row.get("n")}
+    points = []
+    for entry in by_setting.values():
+        if entry["method"] != "identitydp":
+            continue
+        params = {k: v for k, v in entry["params"].items() if k != "epsilon"}
+        points.append({"setting": entry["setting"], "epsilon": _epsilon(entry["params"]), "params": params,
+                       "judges": entry["judges"]})
+    points.sort(key=lambda p: (json.dumps(p["params"], sort_keys=True), p["epsilon"]))
+    return {
+        "format": CURVE_FORMAT,
+        "source": source,
+        "protocol": protocol,
+        "chance_rank1": chance,
+        "floor_mask": by_setting.get("mask", {}).get("judges"),
+        "originals": by_setting.get("noop", {}).get("judges"),
+        "points": [{**p, "epsilon": "inf" if math.isinf(p["epsilon"]) else p["epsilon"]} for p in points],
+    }
+
+
+def write_curve(run_dir: str | Path, source: str | None = None) -> Path:
+    """Write ``privacy_curve.json`` into ``run_dir`` from its ``results.jsonl``."""
+    run_dir = Path(run_dir)
+    rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines() if line.strip()]
+    path = run_dir / "privacy_curve.json"
+    path.write_text(json.dumps(privacy_curve(rows, source=source or str(run_dir)), indent=1, allow_nan=False) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="write a run's privacy curve (privacy_curve.json)")
+    ap.add_argument("run_dir", type=Path)
+    ap.add_argument("-o", "--output", type=Path, help="also copy it here (e.g. src/identitydp/weights/privacy_curve.json)")
+    ap.add_argument("--source", help="how to describe the run in the file (default: the run folder)")
+    args = ap.parse_args(argv)
+    path = write_curve(args.run_dir, args.source)
+    if args.output:
+        args.output.write_text(path.read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
