@@ -1,6 +1,6 @@
 """The job layer and the durable ledger: crash safety, concurrency, budgets, resuming, batch engines.
 
-Everything runs on real LFW photos through the real CLI / job / SQLite ledger; crashes are real
+Everything runs on real face photos through the real CLI / job / SQLite ledger; crashes are real
 ``kill -9`` of real processes.
 """
 
@@ -36,17 +36,19 @@ def _cost(eps: float = 1.0) -> PrivacyCost:
 
 
 @pytest.fixture()
-def photos(tmp_path, lfw_images) -> Path:
-    """A folder of 12 single-face LFW photos (one per person)."""
+def photos(tmp_path, bundled_faces) -> Path:
+    """A folder of 12 single-face photos, each with different pixels (the bundled public-domain
+    faces, shifted and brightened), so that the ledger sees 12 different inputs; no data needed."""
+    from PIL import Image
+
     folder = tmp_path / "in"
     folder.mkdir()
-    seen = set()
-    for p in lfw_images:
-        if p.parent.name not in seen:
-            seen.add(p.parent.name)
-            shutil.copy(p, folder / p.name)
-        if len(seen) == 12:
-            break
+    for k in range(12):
+        face = np.asarray(Image.open(bundled_faces[k % len(bundled_faces)]).convert("RGB")).astype(np.int16)
+        canvas = np.full((300, 300, 3), 60 + 12 * k, np.int16)
+        dx, dy = 10 + 3 * k, 20 + 2 * (k % 5)
+        canvas[dy:dy + 250, dx:dx + 250] = face + (k // 4) * 6
+        Image.fromarray(canvas.clip(0, 255).astype(np.uint8)).save(folder / f"person_{k:02d}.jpg", quality=92)
     return folder
 
 
