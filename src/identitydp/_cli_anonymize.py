@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -72,10 +73,12 @@ def add_method_arguments(p) -> None:
         help="identitydp: add the noise in the public 16-d projection of identity space (less noise per ε)",
     )
     p.add_argument(
-        "--no-geometry",
+        "--geometry",
         action="store_true",
-        help="identitydp: paste the rendering as generated, without warping it onto the original's 68 landmarks",
+        help="identitydp: warp the rendering onto the original's 68 landmarks (keeps pose and expression closer, but "
+             "face shape carries identity, and dlib's 68-point model is for non-commercial use only); off by default",
     )
+    p.add_argument("--no-geometry", action="store_true", help=argparse.SUPPRESS)  # the default since 0.1; kept for old scripts
     p.add_argument("--sigma", type=bounded_float(0, 1, low_open=True), help="blur σ as a fraction of the face size, in (0, 1] (default 0.1)")
     p.add_argument("--blocks", type=bounded_int(1, MAX_BLOCKS), help=f"pixelate: cells across the face, 1..{MAX_BLOCKS} (default 8)")
     p.add_argument("--block", type=divisor_of(DP_PIX_GRID), help=f"dp-pix: block side b in canonical pixels, a divisor of {DP_PIX_GRID} (default 8)")
@@ -112,7 +115,7 @@ def _method_params(args) -> dict:
         params.update(epsilon=args.epsilon, block=args.block, m=args.m)
     elif args.method == "identitydp":
         params.update(epsilon=args.epsilon, mechanism=args.mechanism, delta=args.delta, projection=args.projection or None,
-                      geometry=False if args.no_geometry else None)
+                      geometry=True if args.geometry and not args.no_geometry else None)
     return params
 
 

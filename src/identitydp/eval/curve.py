@@ -30,8 +30,12 @@ def _epsilon(params: dict) -> float:
     return math.inf if value in ("inf", math.inf) else float(value)
 
 
-def privacy_curve(rows: list[dict], *, source: str) -> dict:
-    """The curve from a run's result lines (``results.jsonl`` as dicts)."""
+def privacy_curve(rows: list[dict], *, source: str, default_params: dict | None = None) -> dict:
+    """The curve from a run's result lines (``results.jsonl`` as dicts).
+
+    ``default_params``: the IdentityDP parameters (other than ε) that make up the product's default
+    setting in this run (e.g. ``{"geometry": False}``); ``privacy explain`` shows those points.
+    """
     by_setting: dict[str, dict] = {}
     protocol = None
     chance = None
@@ -57,6 +61,7 @@ def privacy_curve(rows: list[dict], *, source: str) -> dict:
         "format": CURVE_FORMAT,
         "source": source,
         "protocol": protocol,
+        "default_params": dict(default_params or {}),
         "chance_rank1": chance,
         "floor_mask": by_setting.get("mask", {}).get("judges"),
         "originals": by_setting.get("noop", {}).get("judges"),
@@ -64,12 +69,12 @@ def privacy_curve(rows: list[dict], *, source: str) -> dict:
     }
 
 
-def write_curve(run_dir: str | Path, source: str | None = None) -> Path:
+def write_curve(run_dir: str | Path, source: str | None = None, default_params: dict | None = None) -> Path:
     """Write ``privacy_curve.json`` into ``run_dir`` from its ``results.jsonl``."""
     run_dir = Path(run_dir)
     rows = [json.loads(line) for line in (run_dir / "results.jsonl").read_text().splitlines() if line.strip()]
     path = run_dir / "privacy_curve.json"
-    path.write_text(json.dumps(privacy_curve(rows, source=source or str(run_dir)), indent=1, allow_nan=False) + "\n")
+    path.write_text(json.dumps(privacy_curve(rows, source=source or str(run_dir), default_params=default_params), indent=1, allow_nan=False) + "\n")
     return path
 
 
@@ -78,8 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("-o", "--output", type=Path, help="also copy it here (e.g. src/identitydp/weights/privacy_curve.json)")
     ap.add_argument("--source", help="how to describe the run in the file (default: the run folder)")
+    ap.add_argument("--default-params", type=json.loads, default={},
+                    help='JSON of the default setting\'s parameters besides ε in this run, e.g. \'{"geometry": false}\'')
     args = ap.parse_args(argv)
-    path = write_curve(args.run_dir, args.source)
+    path = write_curve(args.run_dir, args.source, args.default_params)
     if args.output:
         args.output.write_text(path.read_text())
     return 0

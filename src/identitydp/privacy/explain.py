@@ -243,7 +243,8 @@ def measured_curve_text(mechanism: str, *, epsilon: float, domain: Domain, path=
     if not path.is_file():
         return f"Measured: no curve file ({path}); {how}."
     curve = json.loads(path.read_text())
-    points = [p for p in curve.get("points", []) if not p.get("params")]  # the default setting only
+    default = curve.get("default_params", {})
+    points = [p for p in curve.get("points", []) if p.get("params", {}) == default]  # the default setting only
     if mechanism != "laplace" or not isinstance(domain, UnitSphere) or not points:
         return f"Measured: not for this mechanism and domain (the shipped curve is Laplace on the unit sphere); {how}."
     judge = CURVE_JUDGE
