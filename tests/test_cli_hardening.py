@@ -344,3 +344,15 @@ def test_paranoid_is_refused_for_videos(tmp_path, capsys):
     video.write_bytes(b"\x00" * 10)
     assert cli_main(["anonymize", str(video), "--paranoid"]) == 2
     assert "--paranoid applies to photos" in capsys.readouterr().err
+
+
+def test_keep_records_what_was_released_without_dp(photo, tmp_path, private_ledger, capsys):
+    from conftest import read_ledger
+
+    assert cli_main(["anonymize", str(photo), "-o", str(tmp_path / "k.jpg"), "--keep", "gender,age"]) == 0
+    (release,) = read_ledger(private_ledger)["release_log"]
+    assert release["note"].startswith("released without DP") and "gender=" in release["note"] and "age=" in release["note"]
+    assert release["config"]["params"]["keep"] == ["gender", "age"] and "attribute_directions" in release["config"]["weights"]
+    capsys.readouterr()
+    assert cli_main(["anonymize", str(photo), "--keep", "gender,height"]) == 2
+    assert "--keep" in _one_line_error(capsys)

@@ -658,3 +658,32 @@ def test_dp_pix_colour_release_statistical_dp():
     assert _max_log_ratio(released(mech, a_img), released(mech, b_img), bins=40, min_count=300) <= eps
     weak = DPPixAnonymizer(epsilon=3 * eps, block=block, m=m, grid=8)  # = the one-channel scale at ε
     assert _max_log_ratio(released(weak, a_img), released(weak, b_img), bins=40, min_count=300) > eps
+
+
+def test_kept_attributes_are_released_exactly_and_the_rest_is_noised():
+    from identitydp.privacy.keep import AttributeDirections, KeptAttributesMechanism
+
+    directions = AttributeDirections.load()
+    assert directions.names == ("gender", "age") and directions.info["heldout_gender_accuracy"] > 0.9
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(50, 128))
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+    mech = KeptAttributesMechanism("laplace", epsilon=1.0, keep=("gender", "age"), rng=ReproducibleRNG(1))
+    release = mech.perturb(z)
+    u = mech.attributes.directions
+    assert np.allclose(u @ u.T, np.eye(2)) and np.allclose(mech.complement @ u.T, 0)
+    assert np.allclose(release.kept, z @ u.T)  # the kept values are the input's, exactly
+    assert np.allclose(release.embeddings @ u.T, release.kept)  # and survive in the released vector
+    assert np.allclose(np.linalg.norm(release.embeddings, axis=1), 1)
+    rest = release.embeddings @ mech.complement.T
+    truth = z @ mech.complement.T
+    cos = np.sum(rest * truth, 1) / np.linalg.norm(rest, axis=1) / np.linalg.norm(truth, axis=1)
+    assert np.abs(cos).mean() < 0.12  # random directions in R^126 give about 0.07: at ε = 1 the remainder is noise
+    cost = release.cost.to_dict()
+    assert cost["epsilon"] == 1.0 and cost["k"] == 126 and "same kept gender, age" in cost["relation"]
+    exact = KeptAttributesMechanism("laplace", epsilon=math.inf, keep=("age",)).perturb(z)
+    assert np.allclose(exact.embeddings, z)  # ε = ∞: the identity back
+    with pytest.raises(PrivacyError):
+        KeptAttributesMechanism("laplace", epsilon=1.0, keep=("height",))
+    with pytest.raises(PrivacyError):
+        KeptAttributesMechanism("laplace", epsilon=1.0, keep=("age", "age"))

@@ -22,6 +22,19 @@ EXIT_ERROR = 3  # as identitydp.cli.EXIT_ERROR (not imported: the cli module imp
 #: parser must not load numpy and PIL; tests/test_cli_hardening.py checks the two agree).
 DEFAULT_MAX_MEGAPIXELS = 150.0
 
+#: Attributes --keep accepts (identitydp.privacy.keep.ATTRIBUTE_NAMES; not imported: building the
+#: parser must not load numpy).
+KEEPABLE = ("gender", "age")
+
+
+def kept_attributes(text: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [n for n in names if n not in KEEPABLE]
+    if not names or bad or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"give one or more of {', '.join(KEEPABLE)}, comma-separated, each once (got {text!r})")
+    return names
+
+
 #: Upper bound of --blocks (more cells than this is no longer pixelation).
 MAX_BLOCKS = 512
 #: DP-Pix canonical grid side (identitydp.anonymizers.DPPixAnonymizer's default ``grid``).
@@ -78,6 +91,9 @@ def add_method_arguments(p) -> None:
         help="identitydp: warp the rendering onto the original's 68 landmarks (keeps pose and expression closer, but "
              "face shape carries identity, and dlib's 68-point model is for non-commercial use only); off by default",
     )
+    p.add_argument("--keep", type=kept_attributes, metavar="ATTRS",
+                   help="identitydp: release these attributes of the identity as they are, NOT private (gender, age, or "
+                        "gender,age); the noise goes on the rest; each face's kept values go to the ledger")
     p.add_argument("--no-geometry", action="store_true", help=argparse.SUPPRESS)  # the default since 0.1; kept for old scripts
     p.add_argument("--sigma", type=bounded_float(0, 1, low_open=True), help="blur σ as a fraction of the face size, in (0, 1] (default 0.1)")
     p.add_argument("--blocks", type=bounded_int(1, MAX_BLOCKS), help=f"pixelate: cells across the face, 1..{MAX_BLOCKS} (default 8)")
@@ -115,7 +131,7 @@ def _method_params(args) -> dict:
         params.update(epsilon=args.epsilon, block=args.block, m=args.m)
     elif args.method == "identitydp":
         params.update(epsilon=args.epsilon, mechanism=args.mechanism, delta=args.delta, projection=args.projection or None,
-                      geometry=True if args.geometry and not args.no_geometry else None)
+                      geometry=True if args.geometry and not args.no_geometry else None, keep=args.keep)
     return params
 
 

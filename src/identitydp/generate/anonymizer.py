@@ -33,7 +33,7 @@ import numpy as np
 
 from ..anonymizers.base import FaceAnonymizer, FaceOutcome, FrameResult
 from ..detect import Detections
-from ..errors import AnonymizationError
+from ..errors import AnonymizationError, PrivacyError
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,11 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             v1 only (v2 renders both halves cleanly).
         grain: v2: add luminance grain to the rendering up to the level measured on the photo
             just around the repainted region (a clean face on a noisy photo looks pasted).
+        keep: attributes of the identity to release as they are, e.g. ``("gender", "age")``
+            (:mod:`identitydp.privacy.keep`): their coordinates along public directions fitted on
+            training data are kept exactly (NOT private; each face's values go into its privacy
+            record and the ledger), and the noise goes on the rest of identity space. Not with
+            ``projection``.
 
     Raises:
         WeightsError: the generator (or dlib) weights are missing or corrupt — never a silently
@@ -116,6 +121,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         geometry_strength: float = 0.5,
         mirror_fusion: bool = True,
         grain: bool = True,
+        keep=(),
     ) -> None:
         import torch
 
@@ -137,7 +143,17 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         else:
             domain = UnitSphere(128)
             self.projection = None
-        self.mechanism = make_mechanism(mechanism, epsilon=self.epsilon, delta=delta, domain=domain, rng=rng)
+        if isinstance(keep, str):  # "gender", "gender,age" or "gender+age" (an evaluation spec)
+            keep = [k for k in keep.replace("+", ",").split(",") if k]
+        self.keep = tuple(keep or ())
+        if self.keep:
+            from ..privacy.keep import KeptAttributesMechanism
+
+            if projection:
+                raise PrivacyError("keep and projection cannot be combined (the kept directions live on the sphere)")
+            self.mechanism = KeptAttributesMechanism(mechanism, epsilon=self.epsilon, delta=delta, rng=rng, keep=self.keep)
+        else:
+            self.mechanism = make_mechanism(mechanism, epsilon=self.epsilon, delta=delta, domain=domain, rng=rng)
         if weights is None:
             path = weight_path(WEIGHTS_NAME)
         elif isinstance(weights, str) and weights in registry():
@@ -197,6 +213,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             "delta": self.delta,
             "seeded": self.seed is not None,
             "projection": self.projection,
+            "keep": list(self.keep) or None,
             "geometry": self.geometry,
             "geometry_strength": self.geometry_strength,
             "mirror_fusion": self.mirror_fusion,
@@ -400,6 +417,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
                 for row, i in enumerate(draw):
                     noisy[i] = z[row : row + 1]
                     privacy[i] = dict(record)
+                    if self.keep:  # exactly what this face released without DP
+                        privacy[i]["released_without_dp"] = release.kept_dict(row)
                     if track_ids[i] is not None:
                         self._tracks[track_ids[i]] = noisy[i]
         rendered: dict[int, np.ndarray] = {}

@@ -35,6 +35,8 @@ def _weights_for(method: str, params: Mapping[str, Any]) -> dict[str, str]:
         names.append(weights if isinstance(weights, str) and weights in registry() else WEIGHTS_NAME)
         if params.get("projection") is True:
             names.append(PROJECTION_NAME)
+        if params.get("keep"):
+            names.append("attribute_directions")
     entries = registry()
     return {name: entries[name].sha256 for name in names if name in entries}
 

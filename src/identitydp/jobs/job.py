@@ -310,6 +310,14 @@ class Job:
         result.seconds = time.perf_counter() - t0
         return result
 
+    def _kept_note(self, kept: dict | None) -> str | None:
+        """The ledger note of a release with kept attributes (None without)."""
+        if not kept:
+            return None
+        values = ", ".join(f"{k}={v:+.6f}" for k, v in kept.items())
+        base = self.release_note
+        return (f"{base}; " if base else "") + f"released without DP (kept attributes, coordinates along the public directions): {values}"
+
     @property
     def release_note(self) -> str | None:
         """Why this job's releases are not private, if they are not (recorded with each)."""
@@ -373,7 +381,9 @@ class Job:
                 self.ledger.settle(ids, "void", note=f"not written: {type(exc).__name__}: {exc}")
             raise
         if ids:
-            self.ledger.settle(ids, "released")
+            # --keep: what each face released without DP goes on the ledger with its release.
+            notes = {rid: self._kept_note((report.faces[i].privacy or {}).get("released_without_dp")) for rid, i in zip(ids, released)}
+            self.ledger.settle(ids, "released", notes={k: v for k, v in notes.items() if v})
         data = report.to_json()
         data["config"] = self.config.fingerprint
         if ids:
@@ -443,7 +453,12 @@ class Job:
                 for rid in track_release.get(track.id, []):
                     if len(track_release[track.id]) == 1:  # one draw for the whole track (IdentityDP)
                         spans[rid] = track.frame_range
-            ledger.settle(ids, "released", frames=spans)
+            notes = {}
+            for track in report.tracks:
+                note = self._kept_note((track.privacy or {}).get("released_without_dp"))
+                for rid in track_release.get(track.id, []) if note else []:
+                    notes[rid] = note
+            ledger.settle(ids, "released", frames=spans, notes=notes)
         data = report.to_json()
         data["config"] = self.config.fingerprint
         if track_keys:

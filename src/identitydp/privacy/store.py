@@ -380,8 +380,12 @@ class LedgerStore:
         return ids
 
     def settle(self, ids: Iterable[int], status: str, *, note: str | None = None,
-               frames: dict[int, tuple[int, int]] | None = None) -> None:
-        """Mark pending releases ``released`` (their output exists) or ``void`` (it never will)."""
+               frames: dict[int, tuple[int, int]] | None = None, notes: dict[int, str] | None = None) -> None:
+        """Mark pending releases ``released`` (their output exists) or ``void`` (it never will).
+
+        ``note`` replaces the note of every release; ``notes`` (release id → note) of some, e.g.
+        what each face released without DP (``--keep``).
+        """
         if status not in ("released", "void"):
             raise PrivacyError(f"status must be 'released' or 'void', got {status!r}")
         ids = list(ids)
@@ -394,7 +398,7 @@ class LedgerStore:
                 self._db.execute(
                     "UPDATE releases SET status = ?, settled = ?, note = COALESCE(?, note), frames = COALESCE(?, frames) "
                     "WHERE id = ? AND status = 'pending'",
-                    (status, now, note, None if span is None else json.dumps([int(span[0]), int(span[1])]), rid),
+                    (status, now, (notes or {}).get(rid, note), None if span is None else json.dumps([int(span[0]), int(span[1])]), rid),
                 )
 
     def recover(self) -> dict[str, int]:
