@@ -35,15 +35,16 @@ def main() -> None:
     ap.add_argument("-o", "--output", type=Path, required=True)
     args = ap.parse_args()
 
+    from identitydp.generate.anonymizer import WEIGHTS_NAME
+    from identitydp.generate.checkpoint import load_generator
+    from identitydp.models.registry import weight_path
     from identitydp.privacy import centre
 
     data = np.load(args.bundle)
     names = data["names"]
     heldout = data["heldout"]
     raw = np.load(f"{args.bundle}.dlib128.npy").astype(np.float64)
-    from identitydp.generate.anonymizer import IdentityDPAnonymizer
-
-    mean = IdentityDPAnonymizer(epsilon=1.0).id_mean.cpu().numpy().astype(np.float64)
+    mean = load_generator(weight_path(WEIGHTS_NAME))[1].cpu().numpy().astype(np.float64)  # the pipeline's centring
     rows, ages, genders = [], [], []
     for i, name in enumerate(names):
         if not name.startswith("utkface/") or heldout[i]:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageCms
+from PIL.PngImagePlugin import PngInfo
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "samples" / "group.jpg"
@@ -117,7 +118,7 @@ def _image_cases(root: Path, face: np.ndarray) -> list[Case]:
     add("EXIF orientation 6 + GPS", _save(rotated, root / "exif_rotated_gps.jpg", exif=_exif_with_gps(6), quality=90), "output")
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
     add("ICC + XMP", _save(pil, root / "icc_xmp.jpg", icc_profile=srgb, xmp=b"<x:xmpmeta>author=someone</x:xmpmeta>"), "output")
-    info = __import__("PIL.PngImagePlugin", fromlist=["PngInfo"]).PngInfo()
+    info = PngInfo()
     info.add_text("Author", "someone"); info.add_text("Location", "48.85N 2.35E")
     add("PNG text chunks", _save(pil, root / "text_chunks.png", pnginfo=info), "output")
     add("progressive JPEG", _save(pil, root / "progressive.jpg", progressive=True, quality=80), "output")

@@ -176,7 +176,7 @@ def print_plan_notes(plan, quiet: bool) -> None:
         print(f"skipped: {len(plan.others)} file(s) that are not images or videos by their suffix ({example})", file=sys.stderr)
 
 
-def print_summary(summary, plan, method: str, ledger_path: Path | None) -> None:
+def print_summary(summary, plan, method: str, ledger_path: Path | None, *, paranoid: bool = False) -> None:
     """The end-of-run lines every front end on a terminal prints (stdout; failures on stderr)."""
     for r in summary.results:
         if r.status in ("failed", "refused"):
@@ -215,7 +215,7 @@ def print_summary(summary, plan, method: str, ledger_path: Path | None) -> None:
     print(line)
     uncertain = sum(r.uncertain for r in summary.results if r.status == "done")
     if uncertain:
-        if any((r.report or {}).get("method", {}).get("paranoid") for r in summary.results if r.status == "done"):
+        if paranoid:
             print(f"paranoid: {uncertain} possible face(s) the detector was unsure of were masked solid")
         else:
             print(f"note: {uncertain} possible face(s) scored between 0.25 and the threshold and were left as they are; "
@@ -310,7 +310,7 @@ def run_anonymize(args) -> int:
         if not _write_report(report_path, data):
             return EXIT_ERROR
     if not args.quiet:
-        print_summary(summary, plan, args.method, ledger_path)
+        print_summary(summary, plan, args.method, ledger_path, paranoid=config.paranoid)
     else:
         for r in summary.results:
             if r.status in ("failed", "refused"):

@@ -99,7 +99,7 @@ def run_batch_cli(args) -> int:
         if not _write_report(Path(args.report), {**summary.to_dict(), "config": config.to_dict()}):
             return EXIT_ERROR
     if not args.quiet:
-        print_summary(summary, plan, args.method, ledger)
+        print_summary(summary, plan, args.method, ledger, paranoid=config.paranoid)
     bad = summary.count("failed") + summary.count("refused") + len(plan.missing)
     return 1 if bad else 0
 

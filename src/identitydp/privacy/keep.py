@@ -151,10 +151,8 @@ class KeptAttributesMechanism:
         remainder = unit @ self.complement.T
         release = self.inner.perturb(remainder)
         noisy = np.asarray(release.embeddings, np.float64).reshape(len(unit), -1) @ self.complement
-        length = np.linalg.norm(noisy, axis=1, keepdims=True)
-        # A zero noisy remainder (ε = ∞ on a face that is all kept attributes) keeps its own.
-        fallback = remainder @ self.complement
-        noisy = np.where(length > 1e-12, noisy / np.maximum(length, 1e-12), fallback / np.maximum(np.linalg.norm(fallback, axis=1, keepdims=True), 1e-12))
+        # A zero remainder can only come with ‖a‖ = 1, where ``room`` is 0 anyway.
+        noisy /= np.maximum(np.linalg.norm(noisy, axis=1, keepdims=True), 1e-12)
         room = np.sqrt(np.clip(1.0 - np.sum(kept**2, axis=1, keepdims=True), 0.0, 1.0))
         out = kept @ self.attributes.directions + room * noisy
         out /= np.linalg.norm(out, axis=1, keepdims=True)
