@@ -50,6 +50,11 @@ def register(subparsers) -> None:
     p.add_argument("--no-realism", action="store_true", help="skip the Fréchet distance")
     p.add_argument("--diversity-images", type=int, help="images for the diversity metric (0 disables)")
     p.add_argument("--speed-images", type=int, help="images timed end to end per setting (0 disables)")
+    p.add_argument("--no-attacks", action="store_true", help="skip linkage / parrot / trained-attacker / gallery-size attacks")
+    p.add_argument("--attacker-train", type=int, metavar="N",
+                   help="training faces anonymized per setting for the trained attacker (0: off; default 300, quick 100)")
+    p.add_argument("--train-data", type=Path, default=None, help="training-data root for the trained attacker "
+                   "(default $IDENTITYDP_TRAIN or ../shared/data/train)")
     p.add_argument("--seed", type=int, help="anonymizer seed (reproducible experiments)")
     p.add_argument("--cache", type=Path, default=Path("cache/eval"), help="cache of original-image measurements")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
@@ -86,6 +91,12 @@ def run(args: argparse.Namespace) -> int:
         overrides["utility"] = False
     if args.no_realism:
         overrides["realism"] = False
+    if args.no_attacks:
+        overrides["attacks"] = False
+    if args.attacker_train is not None:
+        overrides["attacker_train"] = args.attacker_train
+    if args.train_data is not None:
+        overrides["train_dir"] = str(args.train_data)
     config = (EvalConfig.quick if args.quick else EvalConfig.full)(lfw, **overrides)
     t0 = time.perf_counter()
     status = run_eval(

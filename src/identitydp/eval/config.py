@@ -192,6 +192,12 @@ class EvalConfig:
         threshold: CenterFace score threshold of the pipeline (and of the original detections).
         seed: base seed of the anonymizers (experiments are reproducible).
         batch: images per batch through the judges.
+        attacks: run the attacks of :mod:`identitydp.eval.attacks` on every setting (linkage,
+            parrot, gallery size; the trained attacker when ``attacker_train`` > 0).
+        attacker_train: training faces (UTKFace, never LFW) anonymized per setting to fit the
+            trained attacker; 0 disables it.
+        train_dir: the training-data root (holds ``utkface/``); ``None``: ``$IDENTITYDP_TRAIN`` or
+            ``../shared/data/train``.
     """
 
     lfw_dir: str
@@ -210,6 +216,9 @@ class EvalConfig:
     threshold: float = 0.5
     seed: int = 0
     batch: int = 32
+    attacks: bool = True
+    attacker_train: int = 300
+    train_dir: str | None = None
 
     #: fields that must match when methods are added to an existing run
     PROTOCOL_FIELDS = (
@@ -238,6 +247,8 @@ class EvalConfig:
             value = getattr(self, name)
             if value is not None and value < 2:
                 raise EvalConfigError(f"{name} must be >= 2 (or None for all), got {value}")
+        if self.attacker_train < 0 or (self.attacker_train and self.attacker_train < 20):
+            raise EvalConfigError(f"attacker_train must be 0 (off) or >= 20 faces, got {self.attacker_train}")
         if self.diversity_runs < 2 and self.diversity_images:
             raise EvalConfigError("diversity_runs must be >= 2")
         self.settings()  # validate the method specs early
@@ -261,6 +272,7 @@ class EvalConfig:
             fd_size=100,
             diversity_images=8,
             speed_images=8,
+            attacker_train=100,
         )
         base.update(overrides)
         return cls(**base)
@@ -302,7 +314,8 @@ class EvalConfig:
         for spec in self.methods:
             if any(s.key not in keys for s in parse_method_spec(spec)):
                 methods.append(spec)
-        return replace(existing, methods=methods, lfw_dir=self.lfw_dir, batch=self.batch, speed_images=self.speed_images)
+        return replace(existing, methods=methods, lfw_dir=self.lfw_dir, batch=self.batch, speed_images=self.speed_images,
+                       attacks=self.attacks, attacker_train=self.attacker_train, train_dir=self.train_dir)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(self.to_json(), indent=2) + "\n")

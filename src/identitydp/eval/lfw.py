@@ -11,6 +11,7 @@ Subsets (``--quick``) are evenly spaced in sorted order, hence deterministic.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,31 @@ class Protocol:
         for k in self.real_a + self.real_b:
             keys[k] = None
         return list(keys)
+
+
+def default_train_dir() -> Path:
+    """The training-data root (``$IDENTITYDP_TRAIN``, ``$IDENTITYDP_SHARED_DATA/train`` or ``../shared/data/train``)."""
+    env = os.environ.get("IDENTITYDP_TRAIN")
+    if env:
+        return Path(env)
+    shared = os.environ.get("IDENTITYDP_SHARED_DATA")
+    if shared:
+        return Path(shared) / "train"
+    return Path.cwd().parent / "shared" / "data" / "train"
+
+
+def training_faces(train_dir: str | Path, n: int) -> list[str]:
+    """``n`` UTKFace training images (keys relative to ``train_dir``), evenly spaced in name order.
+
+    Raises:
+        LFWError: no ``utkface/`` folder with images under ``train_dir``.
+    """
+    folder = Path(train_dir) / "utkface"
+    names = sorted(p.name for p in folder.glob("*.jpg")) if folder.is_dir() else []
+    if not names:
+        raise LFWError(f"no training faces at {folder} (the trained attacker needs them; pass --train-data, "
+                       "set IDENTITYDP_TRAIN, or --attacker-train 0)")
+    return [f"utkface/{names[i]}" for i in evenly_spaced(len(names), min(n, len(names)))]
 
 
 def image_key(name: str, number: int) -> str:

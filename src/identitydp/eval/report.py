@@ -64,16 +64,16 @@ class RunResults:
 
 
 def write_report(run_dir: str | Path) -> list[Path]:
-    """Write report.md, privacy_curve.json, frontier.png and samples.png into ``run_dir``; returns the paths written."""
+    """Write report.md, privacy_curve.json, frontier.png, samples.png and attacks.png into ``run_dir``; returns the paths written."""
     from .curve import write_curve
 
     res = RunResults(run_dir)
     paths = [_write_markdown(res), write_curve(run_dir)]
     if res.settings:
         paths.append(_write_frontier(res))
-        samples = _write_samples(res)
-        if samples:
-            paths.append(samples)
+        for extra in (_write_samples(res), _write_attacks(res)):
+            if extra:
+                paths.append(extra)
     return paths
 
 
@@ -132,6 +132,8 @@ def _write_markdown(res: RunResults) -> Path:
         cells = [m, _setting_label(s)] + [_fmt_pct(res.value(s, "rank1", j)) for j in judges] + [_fmt_pct(res.value(s, "verify_accept", j)) for j in judges]
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
+
+    out += _attack_section(res, settings, judges)
 
     if any(res.get(s, "detect_rate") for s in settings):
         out += ["## Utility", "",
@@ -198,6 +200,113 @@ def _write_markdown(res: RunResults) -> Path:
     return path
 
 
+ATTACKS = (("rank1", "direct"), ("linkage_rank1", "linkage"), ("parrot_rank1", "parrot"), ("attacker_rank1", "trained"))
+
+
+def worst_attack_rank1(res: RunResults, setting: str, judge: str) -> float | None:
+    """The highest rank-1 any attack reached on ``setting`` for ``judge`` (None: no attack ran)."""
+    vals = [res.value(setting, m, judge) for m, _ in ATTACKS[1:]]
+    vals = [v for v in vals if v is not None]
+    if not vals:
+        return None
+    return max(vals + [res.value(setting, "rank1", judge) or 0.0])
+
+
+def _attack_section(res: RunResults, settings: list[str], judges: list[str]) -> list[str]:
+    if not any(res.get(s, "linkage_rank1", j) for s in settings for j in judges):
+        return []
+    chance = res.value(REFERENCE, "chance_rank1")
+    att = next((res.get(s, "attacker_rank1", j) for s in settings for j in judges if res.get(s, "attacker_rank1", j)), None)
+    pairs = att["extra"].get("train_pairs") if att else None
+    out = ["## Attacks (lower is better)", "",
+           "Rank-1 re-identification (chance " + (f"{100 * chance:.2f} %" if chance else "1/P") + ") under stronger attackers "
+           "(`identitydp.eval.attacks`): **direct** = the anonymized probe against the original gallery (the Privacy table); "
+           "**linkage** = against image 2 of every person *anonymized* by the same method (can released faces be linked to each "
+           "other?); **parrot** = against the attacker's own original gallery run through the same method and setting, two draws "
+           "averaged per face for randomized methods (one draw for deterministic ones: then it equals linkage); **trained** = "
+           "a ridge adapter from anonymized to original embeddings, fitted on "
+           + (f"{pairs} " if pairs else "") + "(original, anonymized) pairs of public *training* faces (UTKFace, never LFW) "
+           "made with the same method and setting, applied to the probes, against the original gallery. "
+           "Worst = the highest of the four.", ""]
+    head = ["method", "setting"]
+    for j in judges:
+        head += [f"{name} {j}" for _, name in ATTACKS] + [f"**worst** {j}"]
+    out += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for s in settings:
+        m, _ = res.method_of(s)
+        cells = [m, _setting_label(s)]
+        for j in judges:
+            cells += [_fmt_pct(res.value(s, metric, j)) for metric, _ in ATTACKS]
+            w = worst_attack_rank1(res, s, j)
+            cells.append(f"**{_fmt_pct(w)}**" if w is not None else "–")
+        out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    judge = "mobileface" if "mobileface" in judges else judges[0]
+    rows = [(s, res.get(s, "rank1_vs_gallery", judge)) for s in settings]
+    rows = [(s, l) for s, l in rows if l]
+    if rows:
+        sizes = rows[0][1]["extra"]["sizes"]
+        out += [f"Rank-1 against gallery size ({judge} judge; direct attack, expected over random distractor sets, exact; "
+                "chance 1/G). A small gallery — an attacker who already narrowed the candidates down — is the realistic threat.", ""]
+        head = ["method", "setting"] + [f"G={g}" for g in sizes] + ["chance G=" + str(sizes[0])]
+        out += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+        for s, l in rows:
+            m, _ = res.method_of(s)
+            vals = l["extra"].get("direct", [])
+            out.append("| " + " | ".join([m, _setting_label(s)] + [_fmt_pct(v) for v in vals] + [_fmt_pct(1.0 / sizes[0])]) + " |")
+        out += ["", "![attacks](attacks.png)", ""]
+    return out
+
+
+def _write_attacks(res: RunResults) -> Path | None:
+    """rank-1 vs gallery size (one panel per attack) for the MobileFace judge."""
+    judges = res.judges()
+    judge = "mobileface" if "mobileface" in judges else (judges[0] if judges else None)
+    rows = [(s, res.get(s, "rank1_vs_gallery", judge)) for s in res.settings] if judge else []
+    rows = [(s, l) for s, l in rows if l]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (NullLocator below)
+
+    kinds = [k for k in ("direct", "linkage", "attacker") if any(k in l["extra"] for _, l in rows)]
+    titles = {"direct": "direct (original gallery)", "linkage": "linkage (anonymized gallery)", "attacker": "trained attacker"}
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 4.4), squeeze=False, sharey=True)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for c, kind in enumerate(kinds):
+        ax = axes[0][c]
+        for k, (s, l) in enumerate(rows):
+            if kind not in l["extra"]:
+                continue
+            sizes = l["extra"]["sizes"]
+            m, _ = res.method_of(s)
+            label = f"{m} {_setting_label(s)}" if _setting_label(s) != "–" else m
+            ax.plot(sizes, [100 * v for v in l["extra"][kind]], marker="o", ms=3, lw=1.2, color=colors[k % len(colors)],
+                    ls="-" if m == "identitydp" else "--", label=label)
+        sizes = rows[0][1]["extra"]["sizes"]
+        ax.plot(sizes, [100.0 / g for g in sizes], color="grey", ls=":", lw=1.5, label="chance 1/G")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(sizes)
+        ax.set_xticklabels([str(g) for g in sizes])
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        ax.set_xlabel("gallery size G (people the attacker tells apart)")
+        ax.set_title(titles[kind], fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        if c == 0:
+            ax.set_ylabel(f"rank-1, {judge} judge (%)")
+    axes[0][-1].legend(fontsize=7, loc="lower left")
+    fig.suptitle("Re-identification against gallery size, LFW", fontsize=11)
+    fig.tight_layout()
+    path = res.run_dir / "attacks.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _count(res: RunResults, metric: str) -> int | str:
     for ls in res.batches.values():
         for l in ls:
@@ -257,7 +366,7 @@ def _write_frontier(res: RunResults) -> Path:
         for c, (metric, ylabel, pct) in enumerate(utilities):
             ax = axes[r][c]
             for k, (method, keys) in enumerate(curves.items()):
-                xs, ys, labels = [], [], []
+                xs, ys, labels, worst = [], [], [], []
                 for s in keys:
                     x, y = res.value(s, "rank1", judge), res.value(s, metric)
                     if x is None or y is None:
@@ -265,12 +374,19 @@ def _write_frontier(res: RunResults) -> Path:
                     xs.append(100 * x)
                     ys.append(100 * y if pct else y)
                     labels.append(_value_label(s))
+                    w = worst_attack_rank1(res, s, judge)
+                    worst.append(None if w is None else 100 * w)
                 if not xs:
                     continue
                 color = colors[k % len(colors)]
                 names = _param_names(keys)
                 legend = f"{method} ({', '.join(names)})" if names and len(xs) > 1 else method
                 ax.plot(xs, ys, marker=markers[k % len(markers)], color=color, label=legend, lw=1.5 if len(xs) > 1 else 0, ms=7)
+                for x, y, w in zip(xs, ys, worst):
+                    if w is not None and w > x:
+                        # the same setting under its strongest attack (linkage / parrot / trained)
+                        ax.plot([x, w], [y, y], color=color, lw=0.8, ls=":")
+                        ax.plot([w], [y], marker=markers[k % len(markers)], mfc="none", color=color, ms=7)
                 if len(xs) > 1:
                     for x, y, lab in zip(xs, ys, labels):
                         ax.annotate(lab, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
@@ -288,7 +404,10 @@ def _write_frontier(res: RunResults) -> Path:
             ax.set_xticklabels(["0", "0.1", "1", "10", "100"])
             if r == 0 and c == 0:
                 ax.legend(fontsize=8, loc="best")
-    fig.suptitle("Privacy vs utility on LFW (one curve per method across its parameter)", fontsize=11)
+    title = "Privacy vs utility on LFW (one curve per method across its parameter)"
+    if any(worst_attack_rank1(res, s, judges[0]) is not None for s in res.settings):
+        title += "\nhollow: the same setting under its strongest attack"
+    fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     path = res.run_dir / "frontier.png"
     fig.savefig(path, dpi=110)

@@ -32,6 +32,7 @@ from .config import EvalConfig, Setting
 from .lfw import Protocol, build_protocol
 from .measure import BLAZE_MATCH_IOU, FaceGeometry, Measurer
 from .methods import MethodUnavailable, make_runner
+from .attacks import RidgeAdapter, average_draws, rank1_vs_gallery_size
 from .metrics import (
     far_threshold,
     frechet_distance,
@@ -85,6 +86,25 @@ class Originals:
     impostor_b: dict[str, np.ndarray]
     real_a: dict[str, np.ndarray] = field(default_factory=dict)
     real_b: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingFaces:
+    """The public faces on which the trained attacker learns (never LFW).
+
+    Attributes:
+        root: training-data root.
+        keys: (N,) image keys relative to ``root``.
+        geometry: judged face geometry per key.
+        detections: CenterFace detections per key (at :data:`LOW_THRESHOLD`).
+        original: judge -> (N, D) embeddings of the original faces.
+    """
+
+    root: Path
+    keys: list[str]
+    geometry: list[FaceGeometry]
+    detections: list[Detections]
+    original: dict[str, np.ndarray]
 
 
 class ImageLoader:
@@ -252,6 +272,8 @@ class EvalRun:
         self.fd_real_vs_real: float | None = None
         self.fd_real_vs_real_mf: float | None = None
         self._real_stats_mf = None
+        self.training: TrainingFaces | None = None
+        self.training_unavailable: str | None = None
 
     def _fd(self, features: np.ndarray) -> float:
         """Fréchet distance of faceres features to real set A (its statistics computed once)."""
@@ -335,9 +357,112 @@ class EvalRun:
                 self._real_stats_mf = gaussian_stats(real_a["mobileface"])
                 self._real_root_mf = _psd_sqrt(self._real_stats_mf[1])
                 self.fd_real_vs_real_mf = self._fd_mf(real_b["mobileface"])
+        if cfg.attacks and cfg.attacker_train:
+            self._prepare_training()
         self.echo(f"originals ready in {time.perf_counter() - t0:.0f} s")
         self._write_reference()
         return self.originals
+
+    def _prepare_training(self) -> None:
+        """Detect and embed the trained attacker's public faces (cached like the originals)."""
+        from .lfw import LFWError, default_train_dir, training_faces
+
+        cfg = self.config
+        root = Path(cfg.train_dir) if cfg.train_dir else default_train_dir()
+        try:
+            keys = training_faces(root, cfg.attacker_train)
+        except LFWError as exc:
+            self.training_unavailable = str(exc)
+            self.echo(f"trained attacker skipped: {exc}")
+            return
+        load = ImageLoader(root)
+        dets, shapes = detect_originals(keys, load, self.cache_dir, self.use_cache, self.progress)
+        kept, geoms, kept_dets = [], [], []
+        for key in keys:
+            idx, source = pick_target(dets[key], shapes[key], cfg.threshold)
+            if idx is not None:  # a face the detector cannot find teaches the attacker nothing
+                kept.append(key)
+                geoms.append(FaceGeometry(dets[key].boxes[idx].astype(np.float64), dets[key].landmarks[idx].astype(np.float64), source))
+                kept_dets.append(dets[key])
+        if len(kept) < 20:
+            self.training_unavailable = f"only {len(kept)} of {len(keys)} training faces detected"
+            self.echo(f"trained attacker skipped: {self.training_unavailable}")
+            return
+        original = self.measurer.measure_originals(
+            kept, geoms, self.identity_groups, load, self.cache_dir, batch=cfg.batch, use_cache=self.use_cache,
+            progress="measure training faces" if self.progress else None,
+        )
+        self.training = TrainingFaces(root, kept, geoms, kept_dets, original)
+
+    def _anonymize_and_embed(self, runner, keys: list[str], geoms: list[FaceGeometry], dets: list[Detections],
+                             load: Callable, again: bool = False, desc: str = "") -> dict[str, np.ndarray]:
+        """Anonymize images with ``runner`` (``again``: a second, independent draw) and embed them
+        with every identity judge at the original geometry. Returns judge -> (N, D)."""
+        from tqdm import tqdm
+
+        cfg = self.config
+        out: dict[str, list[np.ndarray]] = {}
+        bsize = cfg.batch * (8 if runner.setting.method == "deface" else 1)
+        for start in tqdm(range(0, len(keys), bsize), desc=desc, unit="batch", disable=not self.progress, leave=False):
+            sl = slice(start, start + bsize)
+            images = [load(k) for k in keys[sl]]
+            if again:
+                outs = [runner.run_again(im, d) for im, d in zip(images, dets[sl])]
+            else:
+                outs = runner.run(images, dets[sl]).images
+            for f, v in self.measurer.measure(outs, geoms[sl], self.identity_groups).items():
+                out.setdefault(f, []).append(v)
+        return {f: np.concatenate(v) for f, v in out.items()}
+
+    def _attacks(self, setting: Setting, runner, anon: dict[str, np.ndarray], L) -> list[dict]:
+        """Linkage, parrot, trained attacker and rank-1 vs gallery size (see :mod:`.attacks`)."""
+        cfg, o, proto = self.config, self.originals, self.protocol
+        P = len(proto.probes)
+        keys = proto.gallery
+        geoms = [o.geometry[k] for k in keys]
+        dets = [anonymizer_detections(o.detections[k], g, cfg.threshold) for k, g in zip(keys, geoms)]
+        draw_a = self._anonymize_and_embed(runner, keys, geoms, dets, self.load, desc="attacks: gallery draw 1")
+        deterministic = runner.deterministic
+        if deterministic is None:
+            img0 = self.load(keys[0])
+            deterministic = bool(np.array_equal(runner.run_again(img0, dets[0]), runner.run_again(img0, dets[0])))
+        draw_b = None if deterministic else self._anonymize_and_embed(
+            runner, keys, geoms, dets, self.load, again=True, desc="attacks: gallery draw 2")
+        adapters: dict[str, RidgeAdapter] = {}
+        if self.training is not None:
+            t = self.training
+            tdets = [anonymizer_detections(d, g, cfg.threshold) for d, g in zip(t.detections, t.geometry)]
+            anon_train = self._anonymize_and_embed(runner, t.keys, t.geometry, tdets, ImageLoader(t.root), desc="attacks: training pairs")
+            for judge in cfg.judges:
+                adapters[judge] = RidgeAdapter.fit(anon_train[judge], t.original[judge], JUDGE_METRIC[judge], seed=cfg.seed)
+
+        lines = []
+        for judge in cfg.judges:
+            metric = JUDGE_METRIC[judge]
+            parrot_gallery = draw_a[judge] if draw_b is None else average_draws([draw_a[judge], draw_b[judge]], metric)
+            attacks = {"linkage": draw_a[judge], "parrot": parrot_gallery}
+            curves = {"direct": rank1_vs_gallery_size(anon[judge], o.gallery[judge], metric),
+                      "linkage": rank1_vs_gallery_size(anon[judge], draw_a[judge], metric)}
+            for name, gallery in attacks.items():
+                k = int(rank1(anon[judge], gallery, metric).sum())
+                lines.append(L(f"{name}_rank1", k / P, P, judge, ci95=wilson_interval(k, P), chance=1.0 / P,
+                               gallery_draws=1 if name == "linkage" or draw_b is None else 2))
+            if judge in adapters:
+                ad = adapters[judge]
+                adapted = ad.apply(anon[judge], metric)
+                k = int(rank1(adapted, o.gallery[judge], metric).sum())
+                lines.append(L("attacker_rank1", k / P, P, judge, ci95=wilson_interval(k, P), chance=1.0 / P,
+                               train_pairs=len(self.training.keys), train_source="utkface", ridge=ad.ridge,
+                               heldout_rank1_train=ad.heldout_rank1, heldout_rank1_train_no_adapter=ad.identity_heldout_rank1,
+                               note="ridge adapter anonymized->original embedding, fitted on training faces only"))
+                curves["attacker"] = rank1_vs_gallery_size(adapted, o.gallery[judge], metric)
+            sizes = sorted(curves["direct"])
+            lines.append(L("rank1_vs_gallery", curves["direct"][sizes[-1]], P, judge, sizes=sizes,
+                           **{name: [c[g] for g in sizes] for name, c in curves.items()},
+                           note="expected rank-1 against G-1 random distractors (exact); chance 1/G"))
+        if self.training is None and self.training_unavailable:
+            lines.append(L("attacker_unavailable", None, None, None, reason=self.training_unavailable))
+        return lines
 
     def _line(self, setting: Setting | None, metric: str, value, n: int | None, judge: str | None = None,
               batch: str = "", **extra) -> dict:
@@ -531,6 +656,8 @@ class EvalRun:
                 lines.append(L("seam_score", float(np.median(arr[:, 0] / np.maximum(arr[:, 1], 1e-6))), len(seams), None,
                                anonymized=float(np.median(arr[:, 0])), original=float(np.median(arr[:, 1])),
                                note="median over faces of (boundary/inside gradient, anonymized) / (same, original); 1 = invisible seam"))
+        if cfg.attacks:
+            lines += self._attacks(setting, runner, anon, L)
         lines += self._diversity(setting, runner, L)
         lines += self._speed(runner, L)
         lines.append(L("ms_anonymize_in_run", 1000.0 * float(np.sum(anon_s)) / max(1, faces), faces, None,
