@@ -2,7 +2,8 @@
 
 The quick run (``identitydp eval --quick`` with the sanity methods, 100 LFW people) asserts:
 no-op is re-identified (dlib rank-1 ≥ 90 %), a solid mask is not (rank-1 within a few points of
-chance, BlazeFace detection near 0), and blur is monotone in σ.
+chance, BlazeFace detection near 0), blur is monotone in σ, and the attacks (linkage, trained
+attacker on UTKFace pairs, rank-1 vs gallery size) behave as they must on those anchors.
 """
 
 from __future__ import annotations
@@ -145,15 +146,28 @@ def test_quick_run_sanity(quick_run):
     # pixel-domain methods never touch pixels outside the face regions
     for setting in ("noop", "mask", "blur:sigma=0.1"):
         assert _value(results, setting, "outside_max_change") == 0
+    # attacks: a released original is linked to its person's other released photo, and the
+    # exact gallery-size curve ends at the run's own rank-1 and never rises with more people
+    assert _value(results, "noop", "linkage_rank1", "dlib") >= 0.90
+    assert _value(results, "noop", "attacker_rank1", "dlib") >= _value(results, "noop", "rank1", "dlib") - 0.03
+    for setting in ("noop", "mask", "blur:sigma=0.2"):
+        curve = [l for l in latest_batches(results)[setting] if l["metric"] == "rank1_vs_gallery" and l["judge"] == "mobileface"][0]
+        direct = curve["extra"]["direct"]
+        assert curve["extra"]["sizes"][-1] == 100 and direct[-1] == pytest.approx(_value(results, setting, "rank1", "mobileface"))
+        assert all(a >= b - 1e-12 for a, b in zip(direct, direct[1:])), (setting, direct)
+        assert curve["extra"]["attacker"] and curve["extra"]["linkage"]
+    # the trained attacker learnt on training faces only, and says so
+    att = [l for l in latest_batches(results)["mask"] if l["metric"] == "attacker_rank1"][0]
+    assert att["extra"]["train_source"] == "utkface" and att["extra"]["train_pairs"] >= 80
     # every line carries the code version and protocol; the report and plots exist
     line = results[-1]
     assert line["code"]["commit"] and line["protocol"]["people"] == 100
-    for name in ("report.md", "frontier.png", "samples.png", "config.json", "privacy_curve.json"):
+    for name in ("report.md", "frontier.png", "samples.png", "config.json", "privacy_curve.json", "attacks.png"):
         assert (quick_run / name).is_file(), name
     curve = json.loads((quick_run / "privacy_curve.json").read_text())
     assert curve["format"].startswith("identitydp-privacy-curve") and curve["floor_mask"]["mobileface"]["rank1"]["n"] == 100
     report = (quick_run / "report.md").read_text()
-    assert "| blur | sigma=0.2 |" in report
+    assert "| blur | sigma=0.2 |" in report and "## Attacks" in report
     assert json.loads((quick_run / "config.json").read_text())["people"] == 100
 
 

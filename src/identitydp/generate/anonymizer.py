@@ -33,7 +33,7 @@ import numpy as np
 
 from ..anonymizers.base import FaceAnonymizer, FaceOutcome, FrameResult
 from ..detect import Detections
-from ..errors import AnonymizationError, PrivacyError
+from ..errors import AnonymizationError, PrivacyError, WeightsError
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +92,10 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             v1 only (v2 renders both halves cleanly).
         grain: v2: add luminance grain to the rendering up to the level measured on the photo
             just around the repainted region (a clean face on a noisy photo looks pasted).
+        backend: v1 renderer runtime: ``"auto"`` (ONNX Runtime on CPU when installed and the
+            registered graph was exported from these weights, else torch), ``"onnxruntime"``
+            (required: a clear error otherwise) or ``"torch"``. Same network and weights; ORT
+            is ~1.5-2x faster on CPU.
         keep: attributes of the identity to release as they are, e.g. ``("gender", "age")``
             (:mod:`identitydp.privacy.keep`): their coordinates along public directions fitted on
             training data are kept exactly (NOT private; each face's values go into its privacy
@@ -121,6 +125,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         geometry_strength: float = 0.5,
         mirror_fusion: bool = True,
         grain: bool = True,
+        backend: str = "auto",
         keep=(),
     ) -> None:
         import torch
@@ -170,6 +175,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self.color_match = color_match
         self.grain = bool(grain)
         self.inpainting = self.meta.get("format") == EXPORT_FORMAT_V2
+        self.backend = "torch"
+        self._onnx = None
         # Video: track id -> (1, 128) released identity, reused on every frame of the track.
         self._tracks: dict[int, np.ndarray] = {}
         # v2 video: track id -> seed of the renderer's texture noise (same texture every frame).
@@ -186,6 +193,17 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             self.landmarks68 = Landmarks68()
             self._lm_box = crop_face_box(self.size, self.margin)
             return
+        if backend not in ("auto", "onnxruntime", "torch"):
+            raise ValueError(f"backend must be auto, onnxruntime or torch, got {backend!r}")
+        if backend != "torch" and self.device.type == "cpu":
+            from .onnx_backend import load_registered
+
+            self._onnx = load_registered(path, threads=torch.get_num_threads())
+            if self._onnx is None and backend == "onnxruntime":
+                raise WeightsError("backend='onnxruntime' needs onnxruntime and a graph exported from these weights "
+                                   "(scripts/export_onnx.py)")
+            if self._onnx is not None:
+                self.backend = "onnxruntime"
         self.geometry = bool(geometry)
         self.geometry_strength = float(geometry_strength)
         if not 0.0 <= self.geometry_strength <= 1.0:
@@ -220,6 +238,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             "generator": self.weights.name,
             "renderer": "v2-inpainting" if self.inpainting else "v1-aei",
             "grain": self.grain if self.inpainting else None,
+            "backend": self.backend,
         }
 
     def _identities(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
@@ -243,6 +262,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         """
         import torch
 
+        if self._onnx is not None:
+            return self._render_onnx(crops, identities)
         x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1
         z = torch.from_numpy(np.asarray(identities, np.float32)).to(self.device)
         n = x.shape[0]
@@ -254,6 +275,19 @@ class IdentityDPAnonymizer(FaceAnonymizer):
                 w = torch.from_numpy(self._left_weight).to(y.device).view(1, 1, 1, -1)
                 y = w * y[:n] + (1 - w) * y[n:].flip(3)
         return ((y + 1) * 127.5).round().clamp(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
+
+    def _render_onnx(self, crops: np.ndarray, identities: np.ndarray) -> np.ndarray:
+        """:meth:`render` on ONNX Runtime (the same arithmetic in NumPy around the network)."""
+        x = np.ascontiguousarray(crops).transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1
+        z = np.asarray(identities, np.float32)
+        n = x.shape[0]
+        if self.mirror_fusion:
+            x, z = np.concatenate([x, x[..., ::-1]]), np.concatenate([z, z])
+        y = self._onnx(x, z)
+        if self.mirror_fusion:
+            w = self._left_weight.reshape(1, 1, 1, -1)
+            y = w * y[:n] + (1 - w) * y[n:, ..., ::-1]
+        return np.clip(np.round((y + 1) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
     def inpaint(self, crop: np.ndarray, identity: np.ndarray, noise_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """v2: repaint the inner face of one aligned crop with a new identity.

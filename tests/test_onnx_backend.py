@@ -1,0 +1,60 @@
+"""The v1 renderer on ONNX Runtime equals the torch renderer on a real face (same weights)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from identitydp.detect import CenterFaceDetector
+from identitydp.errors import WeightsError
+from identitydp.io import read_image
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def face_and_anonymizers(bundled_faces):
+    from identitydp.generate.anonymizer import IdentityDPAnonymizer
+
+    image = read_image(bundled_faces[0]).pixels
+    faces = CenterFaceDetector().detect(image)
+    assert len(faces) >= 1
+    fast = IdentityDPAnonymizer(epsilon=1.0, seed=5, backend="onnxruntime")
+    slow = IdentityDPAnonymizer(epsilon=1.0, seed=5, backend="torch")
+    return image, faces, fast, slow
+
+
+def test_onnx_renders_what_torch_renders(face_and_anonymizers):
+    image, faces, fast, slow = face_and_anonymizers
+    assert fast.describe()["backend"] == "onnxruntime" and slow.describe()["backend"] == "torch"
+    from identitydp.align import align_batch
+
+    crops = np.stack([a.crop for a in align_batch(image, faces.landmarks, fast.size, fast.margin)])
+    identities = np.random.default_rng(0).normal(size=(len(crops), 128))
+    identities /= np.linalg.norm(identities, axis=1, keepdims=True)
+    a, b = fast.render(crops, identities), slow.render(crops, identities)
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 0.01  # float rounding at .5 only
+
+
+def test_onnx_whole_pipeline_matches(face_and_anonymizers):
+    image, faces, fast, slow = face_and_anonymizers
+    rng_a, rng_b = np.random.default_rng(1), np.random.default_rng(1)
+    out_a = fast.anonymize_frame(image, faces, rng_a).image
+    out_b = slow.anonymize_frame(image, faces, rng_b).image
+    assert np.abs(out_a.astype(int) - out_b.astype(int)).max() <= 2
+
+
+def test_graph_that_does_not_fit_the_weights_is_a_loud_error(tmp_path):
+    from identitydp.generate.onnx_backend import GRAPH_NAME, INDEX_NAME, OnnxRenderer
+    from identitydp.models.registry import weight_path
+
+    spec = json.loads(weight_path(INDEX_NAME).read_text())
+    first = next(iter(spec["initializers"]))
+    spec["initializers"][first] = "no.such.tensor"
+    bad = tmp_path / "index.json"
+    bad.write_text(json.dumps(spec))
+    with pytest.raises(WeightsError, match="re-export"):
+        OnnxRenderer(weight_path(GRAPH_NAME), bad, weight_path("identitydp_generator"))
