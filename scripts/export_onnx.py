@@ -1,18 +1,19 @@
 """Export the shipped generator's *graph* (no weights) for ONNX Runtime.
 
-Writes, next to the generator's safetensors:
+Writes, next to the weights, for the v1 renderer (``identitydp_generator``) and dlib's ResNet
+(``dlib_resnet``):
 
-* ``identitydp_generator.graph.onnx`` — the v1 renderer's computation graph (opset 17, dynamic
-  batch), every weight marked as external data with no file behind it: ~200 kB, no numbers that
-  are not in the checksummed safetensors;
-* ``identitydp_generator.onnx.json`` — the index: which safetensors tensor feeds which graph
-  initializer, the input/output names and shapes, the torch version that exported it, and the
-  SHA-256 of the generator the graph was checked against;
+* ``<name>.graph.onnx`` — the network's computation graph (opset 17, dynamic batch), every weight
+  marked as external data with no file behind it: no numbers that are not in the checksummed
+  safetensors;
+* ``<name>.onnx.json`` — the index: how each graph initializer is built from the safetensors
+  (copy, or uint8 dequantisation and transpose for dlib), the input/output names and shapes, the
+  versions that exported it, and the SHA-256 of the weights the graph was checked against;
 
 and updates their registry entries. At run time ``identitydp.generate.onnx_backend`` gives ORT the
 weights from the safetensors (``SessionOptions.add_external_initializers``), so the weights stay in
 one place and the graph cannot carry stale ones. The export is checked here: ORT's output on random
-crops must match torch's to 1e-4.
+inputs must match torch's to 1e-4, and dlib's NumPy-built weights must equal the torch loader's.
 
     python scripts/export_onnx.py            # needs the `export` extra (onnx) and onnxruntime
 
@@ -33,8 +34,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "src" / "identitydp" / "weights"
-GRAPH = "identitydp_generator.graph.onnx"
-INDEX = "identitydp_generator.onnx.json"
 PREFIX = "m."
 OPSET = 17
 
@@ -50,40 +49,26 @@ class _Renderer(torch.nn.Module):
         return self.m(x, z)[0]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--weights", default="identitydp_generator", help="registered generator name")
-    args = parser.parse_args(argv)
-
+def _export(module: torch.nn.Module, inputs: tuple, input_names: list[str], dynamic: dict) -> "onnx.ModelProto":
     import onnx
-    import onnxruntime as ort
-    from safetensors.numpy import load_file
 
-    from identitydp.generate.checkpoint import EXPORT_FORMAT, load_generator, read_metadata
-    from identitydp.models.registry import sha256_of, weight_path
-
-    path = weight_path(args.weights)
-    if read_metadata(path).get("format") != EXPORT_FORMAT:
-        print(f"{path}: only the v1 renderer is exported so far", file=sys.stderr)
-        return 2
-    model, _, _ = load_generator(path)
-    size = model.cfg.size
-    wrapper = _Renderer(model).eval()
-    gen = torch.Generator().manual_seed(0)
-    x = torch.rand(4, 3, size, size, generator=gen) * 2 - 1
-    z = torch.nn.functional.normalize(torch.randn(4, 128, generator=gen), dim=1)
     buf = io.BytesIO()
-    # No constant folding: every initializer keeps its state_dict name, so the safetensors feed it.
-    torch.onnx.export(wrapper, (x, z), buf, input_names=["x", "z"], output_names=["y"], do_constant_folding=False,
-                      dynamic_axes={"x": {0: "n"}, "z": {0: "n"}, "y": {0: "n"}}, opset_version=OPSET, dynamo=False)
-    graph = onnx.load_from_string(buf.getvalue())
-    stored = load_file(str(path))
+    # No constant folding: every initializer keeps its state_dict name, so the index can feed it.
+    torch.onnx.export(module, inputs, buf, input_names=input_names, output_names=["y"], do_constant_folding=False,
+                      dynamic_axes=dynamic, opset_version=OPSET, dynamo=False)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _strip(graph, recipes: dict[str, object], prefix: str = "") -> dict[str, object]:
+    """Mark the initializers fed from safetensors as external (no data); returns name -> recipe."""
+    import onnx
+
     mapping = {}
     for init in graph.graph.initializer:
-        key = init.name[len(PREFIX):] if init.name.startswith(PREFIX) else None
-        if key not in stored:
-            continue  # a constant of the graph itself (shapes, scalars): stays inline
-        mapping[init.name] = key
+        key = init.name[len(prefix):] if init.name.startswith(prefix) else None
+        if key not in recipes:
+            continue  # a constant of the graph itself (shapes, input means): stays inline
+        mapping[init.name] = recipes[key]
         init.ClearField("raw_data")
         init.ClearField("float_data")
         init.data_location = onnx.TensorProto.EXTERNAL
@@ -91,49 +76,142 @@ def main(argv: list[str] | None = None) -> int:
         entry = init.external_data.add()
         entry.key, entry.value = "location", "weights-come-from-safetensors"
     graph.producer_name = "identitydp scripts/export_onnx.py"
-    (WEIGHTS / GRAPH).write_bytes(graph.SerializeToString())
+    return mapping
 
-    # Check: ORT with the safetensors weights == torch.
-    from identitydp.generate.onnx_backend import OnnxRenderer
 
+def _write(name: str, graph, mapping: dict, weights: Path, inputs: dict, outputs: dict) -> tuple[Path, Path]:
+    import onnx
+    import onnxruntime as ort
+
+    from identitydp.models.registry import sha256_of
+
+    graph_path, index_path = WEIGHTS / f"{name}.graph.onnx", WEIGHTS / f"{name}.onnx.json"
+    graph_path.write_bytes(graph.SerializeToString())
     index = {
         "format": "identitydp-onnx-index-v1",
-        "graph": GRAPH,
-        "weights": args.weights,
-        "weights_sha256": sha256_of(path),
+        "graph": graph_path.name,
+        "weights": weights.name,
+        "weights_sha256": sha256_of(weights),
         "initializers": mapping,
-        "inputs": {"x": ["n", 3, size, size], "z": ["n", 128]},
-        "outputs": {"y": ["n", 3, size, size]},
+        "inputs": inputs,
+        "outputs": outputs,
         "opset": OPSET,
         "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__},
     }
-    (WEIGHTS / INDEX).write_text(json.dumps(index, indent=1) + "\n")
-    renderer = OnnxRenderer(WEIGHTS / GRAPH, WEIGHTS / INDEX, path, threads=1)
+    index_path.write_text(json.dumps(index, indent=1) + "\n")
+    return graph_path, index_path
+
+
+def _check(graph_path: Path, index_path: Path, weights: Path, feed: dict, ref: np.ndarray, what: str) -> float:
+    from identitydp.models.onnx_graph import OnnxGraph
+
+    out = OnnxGraph(graph_path, index_path, weights, threads=1)(**feed)
+    err = float(np.abs(out - ref).max())
+    if err > 1e-4:
+        raise SystemExit(f"{what}: ONNX Runtime disagrees with torch by {err:.2e}")
+    return err
+
+
+def export_generator() -> list[tuple[str, Path, str]]:
+    from identitydp.generate.checkpoint import EXPORT_FORMAT, load_generator, read_metadata
+    from identitydp.models.registry import weight_path
+
+    path = weight_path("identitydp_generator")
+    if read_metadata(path).get("format") != EXPORT_FORMAT:
+        raise SystemExit(f"{path}: only the v1 renderer is exported so far")
+    model, _, _ = load_generator(path)
+    size = model.cfg.size
+    wrapper = _Renderer(model).eval()
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, size, size, generator=gen) * 2 - 1
+    z = torch.nn.functional.normalize(torch.randn(4, 128, generator=gen), dim=1)
+    graph = _export(wrapper, (x, z), ["x", "z"], {"x": {0: "n"}, "z": {0: "n"}, "y": {0: "n"}})
+    mapping = _strip(graph, {k: k for k in model.state_dict()}, prefix=PREFIX)
+    g, i = _write("identitydp_generator", graph, mapping, path, {"x": ["n", 3, size, size], "z": ["n", 128]},
+                  {"y": ["n", 3, size, size]})
     with torch.inference_mode():
         ref = wrapper(x, z).numpy()
-    err = float(np.abs(renderer(x.numpy(), z.numpy()) - ref).max())
-    if err > 1e-4:
-        print(f"ONNX Runtime disagrees with torch by {err:.2e}", file=sys.stderr)
-        return 1
-    _register(sha256_of(WEIGHTS / GRAPH), sha256_of(WEIGHTS / INDEX), torch.__version__)
-    print(f"wrote {GRAPH} ({(WEIGHTS / GRAPH).stat().st_size / 1e3:.0f} kB, {len(mapping)} external weights) "
-          f"and {INDEX}; ORT vs torch max |diff| {err:.1e}")
+    err = _check(g, i, path, {"x": x.numpy(), "z": z.numpy()}, ref, "generator")
+    print(f"generator: {g.name} ({g.stat().st_size / 1e3:.0f} kB, {len(mapping)} external weights); ORT vs torch {err:.1e}")
+    return [("identitydp_generator_onnx", g, "the v1 renderer (identitydp.generate.networks.FaceGenerator)"),
+            ("identitydp_generator_onnx_index", i, "the v1 renderer (identitydp.generate.networks.FaceGenerator)")]
+
+
+def _dlib_recipes(raw_keys: set[str]) -> dict[str, dict]:
+    """state_dict key -> how to build it from the face-api tensors (mirrors dlib_resnet._state_dict_from_faceapi)."""
+    from identitydp.models.dlib_resnet import _BLOCKS
+
+    def source(name: str, transpose=None) -> dict:
+        r = {"key": name, "dequantise": f"{name}.q" in raw_keys}
+        if transpose:
+            r["transpose"] = transpose
+        return r
+
+    recipes: dict[str, dict] = {}
+    for prefix, target in [("conv32_down", "conv32_down")] + [
+        (f"{n}/{c}", f"blocks.{n}.{c}") for n, *_ in _BLOCKS for c in ("conv1", "conv2")
+    ]:
+        recipes[f"{target}.conv.weight"] = source(f"{prefix}/conv/filters", [3, 2, 0, 1])  # TF (kh, kw, in, out)
+        recipes[f"{target}.conv.bias"] = source(f"{prefix}/conv/bias")
+        recipes[f"{target}.scale"] = source(f"{prefix}/scale/weights")
+        recipes[f"{target}.shift"] = source(f"{prefix}/scale/biases")
+    recipes["fc.weight"] = source("fc", [1, 0])
+    return recipes
+
+
+def export_dlib() -> list[tuple[str, Path, str]]:
+    from safetensors.numpy import load_file
+
+    from identitydp.models.dlib_resnet import INPUT_SIZE, WEIGHTS_NAME, DlibEncoder
+    from identitydp.models.onnx_graph import build_initializer
+    from identitydp.models.registry import weight_path
+
+    path = weight_path(WEIGHTS_NAME)
+    net = DlibEncoder.load()
+    raw = load_file(str(path))
+    recipes = _dlib_recipes(set(raw))
+    state = net.state_dict()
+    if set(recipes) != set(state):
+        raise SystemExit(f"dlib recipes do not cover the state dict: {sorted(set(state) ^ set(recipes))[:5]}")
+    for key, recipe in recipes.items():  # the NumPy build is the torch loader's, bit for bit
+        if not np.array_equal(build_initializer(raw, recipe), state[key].numpy()):
+            raise SystemExit(f"dlib tensor {key}: NumPy build differs from the torch loader")
+    x = torch.rand(3, 3, INPUT_SIZE, INPUT_SIZE, generator=torch.Generator().manual_seed(0)) * 255
+    graph = _export(net, (x,), ["x"], {"x": {0: "n"}, "y": {0: "n"}})
+    mapping = _strip(graph, recipes)
+    g, i = _write("dlib_resnet", graph, mapping, path, {"x": ["n", 3, INPUT_SIZE, INPUT_SIZE]}, {"y": ["n", 128]})
+    with torch.inference_mode():
+        ref = net(x).numpy()
+    err = _check(g, i, path, {"x": x.numpy()}, ref, "dlib")
+    print(f"dlib: {g.name} ({g.stat().st_size / 1e3:.0f} kB, {len(mapping)} external weights); ORT vs torch {err:.1e}")
+    what = "dlib ResNet v1 (identitydp.models.dlib_resnet.DlibEncoder); weights from dlib_resnet_v1.safetensors"
+    return [("dlib_resnet_onnx", g, what), ("dlib_resnet_onnx_index", i, what)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.parse_args(argv)
+    files = export_generator() + export_dlib()
+    _register(files)
     return 0
 
 
-def _register(graph_sha: str, index_sha: str, torch_version: str) -> None:
+def _register(files: list[tuple[str, Path, str]]) -> None:
+    from identitydp.models.registry import sha256_of
+
     reg_path = WEIGHTS / "registry.json"
     entries = json.loads(reg_path.read_text())
-    common = {
-        "source": f"exported from identitydp_generator.safetensors by scripts/export_onnx.py (torch {torch_version}, opset {OPSET}); holds no weights",
-        "origin": "this project (the v1 renderer's architecture, identitydp.generate.networks.FaceGenerator)",
-        "license": "MIT (this project)",
-        "rebuild": "python scripts/export_onnx.py (pip install -e '.[export]')",
-    }
-    new = {
-        "identitydp_generator_onnx": dict(name="identitydp_generator_onnx", filename=GRAPH, sha256=graph_sha, **common),
-        "identitydp_generator_onnx_index": dict(name="identitydp_generator_onnx_index", filename=INDEX, sha256=index_sha, **common),
-    }
+    new = {}
+    for name, path, what in files:
+        new[name] = {
+            "name": name,
+            "filename": path.name,
+            "sha256": sha256_of(path),
+            "source": f"exported by scripts/export_onnx.py (torch {torch.__version__}, opset {OPSET}); holds no weights",
+            "origin": f"this project: the computation graph of {what}",
+            "license": "MIT (this project); the weights it runs keep their own licence",
+            "rebuild": "python scripts/export_onnx.py (pip install -e '.[export]')",
+        }
     entries = [new.pop(e["name"], e) for e in entries] + list(new.values())
     reg_path.write_text(json.dumps(entries, indent=2, ensure_ascii=False) + "\n")
 

@@ -22,6 +22,7 @@ def face_and_anonymizers(bundled_faces):
     faces = CenterFaceDetector().detect(image)
     assert len(faces) >= 1
     fast = IdentityDPAnonymizer(epsilon=1.0, seed=5, backend="onnxruntime")
+    assert fast.model is None and fast.dlib is None  # nothing of torch loaded for it
     slow = IdentityDPAnonymizer(epsilon=1.0, seed=5, backend="torch")
     return image, faces, fast, slow
 
@@ -47,8 +48,42 @@ def test_onnx_whole_pipeline_matches(face_and_anonymizers):
     assert np.abs(out_a.astype(int) - out_b.astype(int)).max() <= 2
 
 
+def test_dlib_on_onnx_matches_torch(bundled_faces):
+    from identitydp.models.dlib_chip import dlib_chip
+    from identitydp.models.dlib_onnx import DlibOnnxEncoder
+    from identitydp.models.dlib_resnet import DlibEncoder, chips_to_tensor
+    import torch
+
+    chips = []
+    for path in bundled_faces:
+        image = read_image(path).pixels
+        chips += [dlib_chip(image, lm) for lm in CenterFaceDetector().detect(image).landmarks]
+    fast = DlibOnnxEncoder.load(threads=1)(chips)
+    with torch.inference_mode():
+        slow = DlibEncoder.load()(chips_to_tensor(chips)).numpy()
+    assert fast.shape == slow.shape == (len(chips), 128)
+    assert np.abs(fast - slow).max() < 1e-4
+
+
+def test_default_photo_path_never_imports_torch(tmp_path):
+    """The CLI's default IdentityDP path runs on ONNX Runtime: a fresh process anonymizes the
+    bundled photo without loading torch (start-up time and memory)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from identitydp.cli import main; "
+            f"rc = main(['--threads', '1', 'anonymize', 'samples/group.jpg', '-o', {str(tmp_path / 'out.jpg')!r}, '--seed', '3']); "
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', rc)")
+    env = {**__import__("os").environ, "IDENTITYDP_LEDGER": str(tmp_path / "ledger.sqlite")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["NO-TORCH", "0"], out.stdout + out.stderr[-2000:]
+    assert (tmp_path / "out.jpg").is_file()
+
+
 def test_graph_that_does_not_fit_the_weights_is_a_loud_error(tmp_path):
-    from identitydp.generate.onnx_backend import GRAPH_NAME, INDEX_NAME, OnnxRenderer
+    from identitydp.generate.onnx_backend import GRAPH_NAME, INDEX_NAME
+    from identitydp.models.onnx_graph import OnnxGraph
     from identitydp.models.registry import weight_path
 
     spec = json.loads(weight_path(INDEX_NAME).read_text())
@@ -57,4 +92,4 @@ def test_graph_that_does_not_fit_the_weights_is_a_loud_error(tmp_path):
     bad = tmp_path / "index.json"
     bad.write_text(json.dumps(spec))
     with pytest.raises(WeightsError, match="re-export"):
-        OnnxRenderer(weight_path(GRAPH_NAME), bad, weight_path("identitydp_generator"))
+        OnnxGraph(weight_path(GRAPH_NAME), bad, weight_path("identitydp_generator"))

@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"identitydp {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--threads", type=bounded_int(1, MAX_THREADS), default=None,
-                        help=f"CPU threads for torch/OpenCV, 1..{MAX_THREADS} (default: all cores)")
+                        help=f"CPU threads for ONNX Runtime / torch / OpenCV, 1..{MAX_THREADS} (default: all cores)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module_name in SUBCOMMAND_MODULES:
         try:
@@ -79,9 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     if args.threads is not None:
-        import torch
+        import os
 
-        torch.set_num_threads(args.threads)
+        # torch reads it when (if) it loads, and so do our ONNX Runtime sessions; the default
+        # IdentityDP path runs on ONNX Runtime and never imports torch.
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(args.threads)
         import cv2
 
         cv2.setNumThreads(args.threads)

@@ -24,6 +24,7 @@ The guarantee covers the identity channel only (docs/privacy.md#what-is-protecte
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import secrets
@@ -50,6 +51,36 @@ MAX_GEOMETRY_RESIDUAL = 0.35
 #: the crop): narrow enough that the artefacts of the other half (from about 0.65 of the crop
 #: on) get weight < 3 %, wide enough to hide the seam.
 MIRROR_SEAM = 0.045
+
+
+EXPORT_FORMAT_V2 = "identitydp-generator-v2"  # = checkpoint.EXPORT_FORMAT_V2 (that module imports torch)
+
+
+def _read_generator_header(path: Path) -> tuple[dict, np.ndarray]:
+    """(metadata, (128,) identity mean) of an exported generator, without torch.
+
+    Raises:
+        WeightsError: not an exported identitydp generator.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as fh:
+        meta = dict(fh.metadata() or {})
+        if "net" not in meta or "margin" not in meta or "id_mean" not in fh.keys():
+            raise WeightsError(f"{path} is not an exported identitydp generator (format {meta.get('format')!r})")
+        return meta, fh.get_tensor("id_mean")
+
+
+def _default_threads() -> int:
+    """Threads for ORT: torch's setting when torch is already loaded (the CLI's --threads sets
+    both), else OMP_NUM_THREADS, else every core."""
+    import os
+    import sys
+
+    if "torch" in sys.modules:
+        return int(sys.modules["torch"].get_num_threads())
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    return int(env) if env.isdigit() and int(env) > 0 else max(1, os.cpu_count() or 1)
 
 
 class IdentityDPAnonymizer(FaceAnonymizer):
@@ -128,13 +159,9 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         backend: str = "auto",
         keep=(),
     ) -> None:
-        import torch
-
         from ..align import face_mask, template_for
-        from ..models.dlib_resnet import DlibEncoder
         from ..models.registry import registry, weight_path
         from ..privacy import Projection, ReproducibleRNG, UnitSphere, make_mechanism
-        from .checkpoint import EXPORT_FORMAT_V2, load_generator
 
         self.epsilon = float(epsilon)
         self.mechanism_name = mechanism
@@ -166,17 +193,26 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         else:
             path = Path(weights)
         self.weights = path
-        self.device = torch.device(device)
-        self.model, self.id_mean, self.meta = load_generator(path, device=self.device)
-        self.size = self.model.cfg.size
+        if backend not in ("auto", "onnxruntime", "torch"):
+            raise ValueError(f"backend must be auto, onnxruntime or torch, got {backend!r}")
+        self.meta, id_mean = _read_generator_header(path)
+        self.id_mean_np = id_mean.astype(np.float64)
+        self.inpainting = self.meta.get("format") == EXPORT_FORMAT_V2
+        self.device = device
+        self.model = self.dlib = self._onnx = self._dlib_onnx = None
+        self.backend = "torch"
+        if backend != "torch" and device == "cpu" and not self.inpainting:
+            self._load_onnx()
+            if self._onnx is None and backend == "onnxruntime":
+                raise WeightsError("backend='onnxruntime' needs onnxruntime and graphs exported from these weights "
+                                   "(scripts/export_onnx.py)")
+        if self._onnx is None:
+            self._load_torch()
+        self.size = int(json.loads(self.meta["net"])["size"])
         self.margin = float(self.meta["margin"])
         self.mask = face_mask(self.size, self.margin)
-        self.dlib = DlibEncoder.load(device=self.device)
         self.color_match = color_match
         self.grain = bool(grain)
-        self.inpainting = self.meta.get("format") == EXPORT_FORMAT_V2
-        self.backend = "torch"
-        self._onnx = None
         # Video: track id -> (1, 128) released identity, reused on every frame of the track.
         self._tracks: dict[int, np.ndarray] = {}
         # v2 video: track id -> seed of the renderer's texture noise (same texture every frame).
@@ -193,17 +229,6 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             self.landmarks68 = Landmarks68()
             self._lm_box = crop_face_box(self.size, self.margin)
             return
-        if backend not in ("auto", "onnxruntime", "torch"):
-            raise ValueError(f"backend must be auto, onnxruntime or torch, got {backend!r}")
-        if backend != "torch" and self.device.type == "cpu":
-            from .onnx_backend import load_registered
-
-            self._onnx = load_registered(path, threads=torch.get_num_threads())
-            if self._onnx is None and backend == "onnxruntime":
-                raise WeightsError("backend='onnxruntime' needs onnxruntime and a graph exported from these weights "
-                                   "(scripts/export_onnx.py)")
-            if self._onnx is not None:
-                self.backend = "onnxruntime"
         self.geometry = bool(geometry)
         self.geometry_strength = float(geometry_strength)
         if not 0.0 <= self.geometry_strength <= 1.0:
@@ -222,6 +247,27 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             self.landmarks68 = Landmarks68()
             self._lm_box = crop_face_box(self.size, self.margin)
             self._template_iod = float(np.linalg.norm(tpl[1] - tpl[0]))
+
+    def _load_onnx(self) -> None:
+        """Renderer and dlib on ONNX Runtime (no torch import); leaves ``_onnx`` None if unavailable."""
+        from ..models.dlib_onnx import DlibOnnxEncoder
+        from .onnx_backend import load_renderer
+
+        threads = _default_threads()
+        renderer = load_renderer(self.weights, threads=threads)
+        encoder = DlibOnnxEncoder.load(threads=threads) if renderer is not None else None
+        if renderer is not None and encoder is not None:
+            self._onnx, self._dlib_onnx, self.backend = renderer, encoder, "onnxruntime"
+
+    def _load_torch(self) -> None:
+        import torch
+
+        from ..models.dlib_resnet import DlibEncoder
+        from .checkpoint import load_generator
+
+        self.device = torch.device(self.device)
+        self.model, self.id_mean, self.meta = load_generator(self.weights, device=self.device)
+        self.dlib = DlibEncoder.load(device=self.device)
 
     def describe(self) -> dict:
         return {
@@ -243,15 +289,20 @@ class IdentityDPAnonymizer(FaceAnonymizer):
 
     def _identities(self, image: np.ndarray, landmarks: np.ndarray) -> np.ndarray:
         """(N, 5, 2) landmarks → (N, 128) float64 centred unit dlib identities."""
-        import torch
-
-        from ..models.dlib_resnet import chips_to_tensor, dlib_chip
+        from ..models.dlib_chip import dlib_chip
         from ..privacy import centre
 
         chips = [dlib_chip(image, lm) for lm in landmarks]
-        with torch.inference_mode():
-            raw = self.dlib(chips_to_tensor(chips, device=self.device)).cpu().numpy()
-        return centre(raw.astype(np.float64), self.id_mean.cpu().numpy().astype(np.float64))
+        if self._dlib_onnx is not None:
+            raw = self._dlib_onnx(chips)
+        else:
+            import torch
+
+            from ..models.dlib_resnet import chips_to_tensor
+
+            with torch.inference_mode():
+                raw = self.dlib(chips_to_tensor(chips, device=self.device)).cpu().numpy()
+        return centre(raw.astype(np.float64), self.id_mean_np)
 
     def render(self, crops: np.ndarray, identities: np.ndarray) -> np.ndarray:
         """Generate faces: (N, S, S, 3) uint8 aligned crops + (N, 128) unit identities → (N, S, S, 3) uint8.
@@ -260,10 +311,10 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         descriptor is mirror-invariant: the generator was trained with flipped crops and the same
         identity) and the two renderings are fused across the face midline.
         """
-        import torch
-
         if self._onnx is not None:
             return self._render_onnx(crops, identities)
+        import torch
+
         x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device).permute(0, 3, 1, 2).float() / 127.5 - 1
         z = torch.from_numpy(np.asarray(identities, np.float32)).to(self.device)
         n = x.shape[0]

@@ -1,0 +1,117 @@
+"""Networks on ONNX Runtime from weight-free graphs and our checksummed safetensors (no torch).
+
+``scripts/export_onnx.py`` exports a network's computation graph with every weight declared as
+external data that has no file behind it, plus an *index* JSON that says how each graph
+initializer is made from the safetensors tensors: a plain copy (fp16 widened to fp32), or a
+uint8 dequantisation (``q * scale + min``, as tfjs does), optionally transposed. At load the
+tensors are built in NumPy and handed to ORT (``SessionOptions.add_external_initializers``), so
+weights live in one place and a graph cannot carry stale ones.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import WeightsError
+
+INDEX_FORMAT = "identitydp-onnx-index-v1"
+
+
+def onnxruntime_available() -> bool:
+    """Whether ``onnxruntime`` imports (a default dependency; without it the torch path runs)."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def build_initializer(tensors: dict[str, np.ndarray], recipe: str | dict) -> np.ndarray:
+    """One graph initializer from the stored tensors, following its index recipe.
+
+    Args:
+        tensors: the safetensors file as NumPy arrays.
+        recipe: a tensor name (copy), or ``{"key": name, "dequantise": bool, "transpose": [axes]}``.
+
+    Raises:
+        KeyError: a tensor the recipe names is not stored.
+    """
+    if isinstance(recipe, str):
+        recipe = {"key": recipe}
+    key = recipe["key"]
+    if recipe.get("dequantise"):
+        arr = tensors[f"{key}.q"].astype(np.float64) * tensors[f"{key}.scale"] + tensors[f"{key}.min"]
+    else:
+        arr = tensors[key]
+    arr = arr.astype(np.float32) if arr.dtype != np.float32 else arr
+    if recipe.get("transpose"):
+        arr = arr.transpose(recipe["transpose"])
+    return np.ascontiguousarray(arr)
+
+
+class OnnxGraph:
+    """A network on ONNX Runtime: ``graph(**inputs)`` -> the first output, float32.
+
+    Args:
+        graph: the weight-free ONNX graph.
+        index: its index JSON.
+        weights: the safetensors file the index refers to (checksum-verified by the caller).
+        threads: ORT intra-op threads (the CLI's ``--threads``).
+
+    Raises:
+        WeightsError: the graph does not fit the weights (a missing tensor, another
+            architecture) or ORT cannot build the session.
+    """
+
+    def __init__(self, graph: str | Path, index: str | Path, weights: str | Path, threads: int = 1) -> None:
+        import onnxruntime as ort
+        from safetensors.numpy import load_file
+
+        self.spec = json.loads(Path(index).read_text())
+        if self.spec.get("format") != INDEX_FORMAT:
+            raise WeightsError(f"{Path(index).name} is not an identitydp ONNX index (format {self.spec.get('format')!r})")
+        tensors = load_file(str(weights))
+        names, values = [], []
+        for init_name, recipe in self.spec["initializers"].items():
+            try:
+                arr = build_initializer(tensors, recipe)
+            except KeyError as exc:
+                raise WeightsError(f"the ONNX graph {Path(graph).name} needs tensor {exc}, which {Path(weights).name} "
+                                   "does not hold; re-export it with scripts/export_onnx.py") from exc
+            names.append(init_name)
+            values.append(ort.OrtValue.ortvalue_from_numpy(arr))
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, int(threads))
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # ORT's own warnings would go to stderr
+        options.add_external_initializers(names, values)
+        try:
+            self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own Fail / InvalidGraph / RuntimeException types
+            raise WeightsError(f"ONNX Runtime cannot load {Path(graph).name} with {Path(weights).name}: {exc}; "
+                               "re-export it with scripts/export_onnx.py") from exc
+        self._values = values  # ORT uses external initializers in place: keep them alive
+
+    def __call__(self, **inputs: np.ndarray) -> np.ndarray:
+        feed = {k: np.ascontiguousarray(v, np.float32) for k, v in inputs.items()}
+        return self.session.run(None, feed)[0]
+
+
+def load_registered(graph_name: str, index_name: str, weights: str | Path, threads: int = 1) -> OnnxGraph | None:
+    """A registered graph for ``weights``, or ``None`` when ORT is not installed or the graph was
+    exported from other weights (the caller then runs torch).
+
+    Raises:
+        WeightsError: a registered graph or index file is missing or corrupt (checksums).
+    """
+    if not onnxruntime_available():
+        return None
+    from .registry import sha256_of, weight_path
+
+    graph, index = weight_path(graph_name), weight_path(index_name)
+    if json.loads(index.read_text()).get("weights_sha256") != sha256_of(Path(weights)):
+        return None
+    return OnnxGraph(graph, index, weights, threads=threads)
