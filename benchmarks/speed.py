@@ -5,7 +5,7 @@
    whole folder, ``--repeats`` times (median): wall time, CPU time (user + system of the process
    and its children) and peak resident memory. Tools: ``identitydp anonymize DIR -o OUT`` (the
    default method, IdentityDP at ε = 1), ``identitydp anonymize --method blur``, and the
-   ``deface`` CLI (CenterFace + blur, its defaults) on a copy of the folder. Ratios are against
+   ``deface`` CLI (CenterFace + blur, its defaults, OpenCV backend) on a copy of the folder. Ratios are against
    deface in the same run.
 2. **Cold start**: ``identitydp anonymize ONE.jpg -o OUT.jpg`` on one of those photos (fresh
    process, models loaded from disk), median wall.
@@ -121,7 +121,9 @@ def folder_runs(photos: list[Path], repeats: int, skip_deface: bool, env: dict) 
                     copy.mkdir()
                     for p in photos:
                         shutil.copy(p, copy / p.name)
-                    cmd = [str(VENV_BIN / "deface"), *[str(copy / p.name) for p in photos]]
+                    # OpenCV backend: a plain `pip install deface` has no onnxruntime; with it
+                    # (identitydp installs it) deface's auto choice was 1.5x slower here.
+                    cmd = [str(VENV_BIN / "deface"), "--backend", "opencv", *[str(copy / p.name) for p in photos]]
                 tools[tool].append(measure(cmd, env))
                 print(f"  {tool} run {r + 1}: {tools[tool][-1]['wall_s']:.2f} s wall", flush=True)
         cold = []

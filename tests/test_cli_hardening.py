@@ -356,3 +356,20 @@ def test_keep_records_what_was_released_without_dp(photo, tmp_path, private_ledg
     capsys.readouterr()
     assert cli_main(["anonymize", str(photo), "--keep", "gender,height"]) == 2
     assert "--keep" in _one_line_error(capsys)
+
+
+def test_privacy_presets_set_epsilon_and_the_default_domain(photo, tmp_path, private_ledger, capsys):
+    """--privacy medium is ε = 16 in the public projection (the default domain, recorded with its
+    checksum); --sphere records no projection; a preset with --epsilon, or for blur, is one line."""
+    from conftest import read_ledger
+
+    assert cli_main(["anonymize", str(photo), "-o", str(tmp_path / "m.jpg"), "--privacy", "medium", "--seed", "1"]) == 0
+    assert cli_main(["anonymize", str(photo), "-o", str(tmp_path / "s.jpg"), "--sphere", "--seed", "1"]) == 0
+    medium, sphere = read_ledger(private_ledger)["release_log"]
+    assert medium["epsilon"] == 16.0 and "identity_projection_k16" in medium["config"]["weights"]
+    assert sphere["epsilon"] == 1.0 and "identity_projection_k16" not in sphere["config"]["weights"]
+    capsys.readouterr()
+    assert cli_main(["anonymize", str(photo), "--privacy", "medium", "--epsilon", "3"]) == 3
+    assert "--privacy medium sets" in _one_line_error(capsys)
+    assert cli_main(["anonymize", str(photo), "--method", "blur", "--privacy", "light"]) == 3
+    assert "--privacy" in _one_line_error(capsys)

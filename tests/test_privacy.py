@@ -597,11 +597,16 @@ def test_cli_explain(capsys, projection, tmp_path):
 
     assert main(["privacy", "explain", "--mechanism", "laplace", "--epsilon", "1"]) == 0
     out = capsys.readouterr().out
-    assert "22.63" in out and "2.67%" in out
+    # the default domain is the registered projection: L1 sensitivity 2·R·√16 with R = 4.690
+    assert "k=16" in out and "37.52" in out and "2.67%" in out
     # ... and the measured curve of the shipped model, this ε marked, with the mask floor
     measured = out[out.index("Measured for the shipped model"):]
     assert "<- this ε" in measured and "solid mask (the floor)" in measured and "mobileface" in measured
     assert measured.count("\n      ") >= 3  # one row per measured ε
+    assert "give clearly different re-identification" in measured  # the knob turns
+    assert main(["privacy", "explain", "--epsilon", "1", "--sphere"]) == 0
+    out = capsys.readouterr().out
+    assert "unit sphere in R^128" in out and "22.63" in out and "Measured: not for this mechanism and domain" in out
     assert main(["privacy", "explain", "--epsilon", "4", "--k", "16"]) == 0
     out = capsys.readouterr().out
     assert "PLACEHOLDER" in out and "R^16" in out

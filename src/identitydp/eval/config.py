@@ -34,7 +34,7 @@ FULL_METHODS = [
     "mask",
     "dp-pix:epsilon=0.1,1,10",
     "deface",
-    "identitydp:epsilon=1,4,16,inf",
+    "identitydp:epsilon=1,16,64,inf",
 ]
 QUICK_METHODS = [
     "noop",

@@ -2,7 +2,7 @@
 
 ``identitydp eval`` writes ``privacy_curve.json`` into every run folder (from ``results.jsonl``
 alone); the file committed as ``src/identitydp/weights/privacy_curve.json`` is the one of the
-full LFW run (docs/results/lfw-full), and ``identitydp privacy explain`` prints it next to the
+300-people run of the default domain (docs/results/lfw300-knob), and ``identitydp privacy explain`` prints it next to the
 maths, so that a user picks ε from evidence rather than from the bound alone.
 
 Per IdentityDP setting (method parameters, ε) it keeps, for each judge: rank-1 re-identification
@@ -11,7 +11,7 @@ FAR threshold, each with its 95 % interval; and the same for the solid mask (the
 the originals (what an unanonymized photo gives).
 
 Rebuild the committed file:
-    python -m identitydp.eval.curve docs/results/lfw-full -o src/identitydp/weights/privacy_curve.json
+    python -m identitydp.eval.curve docs/results/lfw300-knob -o src/identitydp/weights/privacy_curve.json --default-params '{"projection": true}'
 """
 
 from __future__ import annotations
@@ -39,9 +39,12 @@ def privacy_curve(rows: list[dict], *, source: str, default_params: dict | None 
     by_setting: dict[str, dict] = {}
     protocol = None
     chance = None
+    originals: dict = {}  # without a noop setting: the reference rank-1 of the original probes
     for row in rows:
         if row.get("metric") == "chance_rank1":
             chance = row["value"]
+        if row.get("metric") == "rank1_originals" and row.get("judge"):
+            originals[row["judge"]] = {"rank1": {"value": row["value"], "ci95": None, "n": row.get("n")}}
         if row.get("metric") not in CURVE_METRICS or row.get("judge") is None:
             continue
         protocol = protocol or row.get("protocol")
@@ -64,7 +67,7 @@ def privacy_curve(rows: list[dict], *, source: str, default_params: dict | None 
         "default_params": dict(default_params or {}),
         "chance_rank1": chance,
         "floor_mask": by_setting.get("mask", {}).get("judges"),
-        "originals": by_setting.get("noop", {}).get("judges"),
+        "originals": by_setting.get("noop", {}).get("judges") or originals,
         "points": [{**p, "epsilon": "inf" if math.isinf(p["epsilon"]) else p["epsilon"]} for p in points],
     }
 

@@ -163,7 +163,9 @@ class DefaceRunner(MethodRunner):
             raise MethodUnavailable("the `deface` CLI is not installed (pip install deface); skipping method deface")
         self.setting = setting
         self.exe = exe
-        self.args = ["--replacewith", "blur", *(extra_args or [])]
+        # --backend opencv: what a plain `pip install deface` runs (deface prefers onnxruntime when
+        # it is importable, and identitydp now installs it; the model and its outputs are the same).
+        self.args = ["--replacewith", "blur", "--backend", "opencv", *(extra_args or [])]
 
     def _call(self, images: list[np.ndarray]) -> tuple[list[np.ndarray], float]:
         from PIL import Image

@@ -275,7 +275,7 @@ def _write_attacks(res: RunResults) -> Path | None:
     kinds = [k for k in ("direct", "linkage", "attacker") if any(k in l["extra"] for _, l in rows)]
     titles = {"direct": "direct (original gallery)", "linkage": "linkage (anonymized gallery)", "attacker": "trained attacker"}
     fig, axes = plt.subplots(1, len(kinds), figsize=(5.2 * len(kinds), 4.4), squeeze=False, sharey=True)
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = [plt.get_cmap("tab20")(i % 20) for i in range(len(rows))]
     for c, kind in enumerate(kinds):
         ax = axes[0][c]
         for k, (s, l) in enumerate(rows):
@@ -298,11 +298,12 @@ def _write_attacks(res: RunResults) -> Path | None:
         ax.grid(alpha=0.3, which="both")
         if c == 0:
             ax.set_ylabel(f"rank-1, {judge} judge (%)")
-    axes[0][-1].legend(fontsize=7, loc="lower left")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle("Re-identification against gallery size, LFW", fontsize=11)
     fig.tight_layout()
     path = res.run_dir / "attacks.png"
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path
 

@@ -33,8 +33,8 @@ def _weights_for(method: str, params: Mapping[str, Any]) -> dict[str, str]:
         names += ["dlib_resnet"]
         weights = params.get("weights")
         names.append(weights if isinstance(weights, str) and weights in registry() else WEIGHTS_NAME)
-        if params.get("projection") is True:
-            names.append(PROJECTION_NAME)
+        if params.get("projection") is True or (params.get("projection") is None and not params.get("keep")):
+            names.append(PROJECTION_NAME)  # the default domain
         if params.get("keep"):
             names.append("attribute_directions")
     entries = registry()

@@ -87,6 +87,7 @@ class OnnxGraph:
         options.intra_op_num_threads = max(1, int(threads))
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # ORT's own warnings would go to stderr
+        options.enable_cpu_mem_arena = False  # activations freed after each run: -0.2 GB peak on a 5-face photo
         options.add_external_initializers(names, values)
         try:
             self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])

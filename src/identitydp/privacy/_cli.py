@@ -25,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("--dim", type=bounded_int(1, 65536), default=DEFAULT_DIM, help=f"embedding dimension d (default {DEFAULT_DIM})")
     ex.add_argument("--k", type=bounded_int(1, 65536), default=None, help="add noise in k projected, whitened coordinates")
     ex.add_argument("--radius", type=positive_float(), default=None, help="ball radius R in whitened units (with --k)")
-    ex.add_argument("--projection", default=None, help="a fitted projection .safetensors (gives d, k and R)")
+    ex.add_argument("--projection", default=None, help="a fitted projection .safetensors (gives d, k and R; default: the "
+                    "registered identity_projection_k16, the domain `identitydp anonymize` uses)")
+    ex.add_argument("--sphere", action="store_true", help="explain the whole unit sphere in R^--dim instead (anonymize --sphere)")
     ex.set_defaults(func=_explain)
 
 
@@ -35,7 +37,21 @@ def _explain(args: argparse.Namespace) -> int:
     from .explain import explain, measured_curve_text
 
     notes: list[str] = []
+    if args.sphere and (args.projection or args.k is not None):
+        raise PrivacyError("--sphere is the unit sphere: drop --projection / --k")
+    if args.projection is None and args.k is None and args.radius is None and not args.sphere and args.dim == DEFAULT_DIM:
+        from ..generate.anonymizer import PROJECTION_NAME  # the domain the product uses by default
+        from ..models.registry import weight_path
+
+        args.projection = str(weight_path(PROJECTION_NAME))
+    shipped = False
     if args.projection:
+        from pathlib import Path
+
+        from ..generate.anonymizer import PROJECTION_NAME
+        from ..models.registry import weight_path
+
+        shipped = Path(args.projection).resolve() == weight_path(PROJECTION_NAME).resolve()
         if args.k is not None or args.radius is not None:
             raise PrivacyError("--projection already fixes k and R; drop --k/--radius")
         domain = Projection.load(args.projection)
@@ -58,5 +74,5 @@ def _explain(args: argparse.Namespace) -> int:
         domain = UnitSphere(args.dim)
     explanation = explain(args.mechanism, epsilon=args.epsilon, delta=args.delta, domain=domain, notes=tuple(notes))
     sys.stdout.write(explanation.text() + "\n")
-    sys.stdout.write(measured_curve_text(args.mechanism, epsilon=args.epsilon, domain=domain) + "\n")
+    sys.stdout.write(measured_curve_text(args.mechanism, epsilon=args.epsilon, domain=domain if shipped else None) + "\n")
     return 0

@@ -221,17 +221,17 @@ def _fmt_rate(entry: dict | None) -> str:
     return f"{text} [{100 * ci[0]:.2f}–{100 * ci[1]:.2f}]" if ci else text
 
 
-def measured_curve_text(mechanism: str, *, epsilon: float, domain: Domain, path=None) -> str:
+def measured_curve_text(mechanism: str, *, epsilon: float, domain: Domain | None, path=None) -> str:
     """What ``identitydp eval`` measured for the shipped model, as lines of text (or why nothing).
 
-    Only the setting the curve was measured for is shown (the default: Laplace on the unit
-    sphere); for any other mechanism or domain the text says that it is not measured and how to
-    measure it.
+    Only the setting the curve was measured for is shown (the default: Laplace in the registered
+    public projection; pass ``domain=None`` for any domain that is not the registered one); for any
+    other mechanism or domain the text says that it is not measured and how to measure it.
     """
     import json
     from pathlib import Path
 
-    from .domains import UnitSphere
+    from .domains import Projection
 
     if path is None:
         from ..models.registry import WEIGHTS_DIR
@@ -245,8 +245,9 @@ def measured_curve_text(mechanism: str, *, epsilon: float, domain: Domain, path=
     curve = json.loads(path.read_text())
     default = curve.get("default_params", {})
     points = [p for p in curve.get("points", []) if p.get("params", {}) == default]  # the default setting only
-    if mechanism != "laplace" or not isinstance(domain, UnitSphere) or not points:
-        return f"Measured: not for this mechanism and domain (the shipped curve is Laplace on the unit sphere); {how}."
+    if mechanism != "laplace" or not isinstance(domain, Projection) or not points:
+        return (f"Measured: not for this mechanism and domain (the shipped curve is Laplace in the public projection, "
+                f"the default; docs/privacy.md has the unit sphere's); {how}.")
     judge = CURVE_JUDGE
     lines = [f"Measured for the shipped model (not a guarantee: one model, one data set; {curve['source']}).",
              f"Judge: {judge} (independent: not in the renderer's training loss). Rank-1: the anonymized photo is matched "
@@ -265,6 +266,15 @@ def measured_curve_text(mechanism: str, *, epsilon: float, domain: Domain, path=
         lines.append("  Reading: the finite ε measured give re-identification that cannot be told apart (their 95 % intervals "
                      "overlap): on this model ε does not yet trade privacy for utility between them; only ε = inf brings the "
                      "person back.")
+    chain: list[tuple[str, dict]] = []  # ε values whose 95 % intervals are apart, in order
+    for p in points:
+        r = p["judges"].get(judge, {}).get("rank1")
+        if r and r.get("ci95") and (not chain or r["ci95"][0] > chain[-1][1]["ci95"][1]):
+            chain.append(("inf" if p["epsilon"] == "inf" else f"{float(p['epsilon']):g}", r))
+    if len(chain) >= 3:
+        lines.append(f"  Reading: ε = {', '.join(e for e, _ in chain)} give clearly different re-identification (95 % "
+                     f"intervals apart): on this model ε is a knob, from {100 * chain[0][1]['value']:.3g} % at ε = {chain[0][0]} "
+                     f"to {100 * chain[-1][1]['value']:.3g} % at ε = {chain[-1][0]} (the solid mask's floor is below).")
     for name, key in (("solid mask (the floor)", "floor_mask"), ("original photo", "originals")):
         j = (curve.get(key) or {}).get(judge, {})
         lines.append(f"  {name}: {_fmt_rate(j.get('rank1'))} rank-1, {_fmt_rate(j.get('verify_accept'))} accepted")
