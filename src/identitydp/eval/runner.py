@@ -394,15 +394,18 @@ class EvalRun:
         )
         self.training = TrainingFaces(root, kept, geoms, kept_dets, original)
 
+    def _method_batch(self, setting: Setting) -> int:
+        """Images per call of a method: deface pays a process start per call, so it gets bigger batches."""
+        return self.config.batch * (8 if setting.method == "deface" else 1)
+
     def _anonymize_and_embed(self, runner, keys: list[str], geoms: list[FaceGeometry], dets: list[Detections],
                              load: Callable, again: bool = False, desc: str = "") -> dict[str, np.ndarray]:
         """Anonymize images with ``runner`` (``again``: a second, independent draw) and embed them
         with every identity judge at the original geometry. Returns judge -> (N, D)."""
         from tqdm import tqdm
 
-        cfg = self.config
         out: dict[str, list[np.ndarray]] = {}
-        bsize = cfg.batch * (8 if runner.setting.method == "deface" else 1)
+        bsize = self._method_batch(runner.setting)
         for start in tqdm(range(0, len(keys), bsize), desc=desc, unit="batch", disable=not self.progress, leave=False):
             sl = slice(start, start + bsize)
             images = [load(k) for k in keys[sl]]
@@ -575,8 +578,7 @@ class EvalRun:
         hf_orig = np.zeros(P)
         seams: list[tuple[float, float]] = []
         samples = []
-        # deface pays a process start per call: give it bigger batches.
-        bsize = cfg.batch * (8 if setting.method == "deface" else 1)
+        bsize = self._method_batch(setting)
         bar = tqdm(total=P, desc=setting.key, unit="img", disable=not self.progress, leave=False)
         for start in range(0, P, bsize):
             idx = range(start, min(P, start + bsize))

@@ -35,6 +35,7 @@ import numpy as np
 from ..anonymizers.base import FaceAnonymizer, FaceOutcome, FrameResult
 from ..detect import Detections
 from ..errors import AnonymizationError, PrivacyError, WeightsError
+from .checkpoint import EXPORT_FORMAT_V2, read_metadata
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,6 @@ MIRROR_SEAM = 0.045
 
 #: Crops per ONNX Runtime call of the v1 renderer.
 ONNX_CHUNK = 2
-EXPORT_FORMAT_V2 = "identitydp-generator-v2"  # = checkpoint.EXPORT_FORMAT_V2 (that module imports torch)
 
 
 def _read_generator_header(path: Path) -> tuple[dict, np.ndarray]:
@@ -66,8 +66,8 @@ def _read_generator_header(path: Path) -> tuple[dict, np.ndarray]:
     """
     from safetensors import safe_open
 
+    meta = read_metadata(path)
     with safe_open(str(path), framework="numpy") as fh:
-        meta = dict(fh.metadata() or {})
         if "net" not in meta or "margin" not in meta or "id_mean" not in fh.keys():
             raise WeightsError(f"{path} is not an exported identitydp generator (format {meta.get('format')!r})")
         return meta, fh.get_tensor("id_mean")

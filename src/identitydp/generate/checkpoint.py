@@ -17,9 +17,14 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+# torch is imported inside the functions that need it: the anonymizer reads EXPORT_FORMAT_V2 from
+# here on its torch-free ONNX Runtime path.
 
 EXPORT_FORMAT = "identitydp-generator-v1"
 EXPORT_FORMAT_V2 = "identitydp-generator-v2"
@@ -28,7 +33,7 @@ EXPORT_FORMAT_V2 = "identitydp-generator-v2"
 def export_generator(model: nn.Module, id_mean: torch.Tensor, path: str | Path, meta: dict) -> None:
     """Write a shippable generator (v1 :class:`FaceGenerator` or v2 :class:`InpaintGenerator`):
     fp16 weights, the fp32 identity mean, its config and ``meta`` (must hold ``margin``) as metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # torch-backed
 
     from .inpaint import InpaintGenerator
 
@@ -52,7 +57,7 @@ def read_metadata(path: str | Path) -> dict:
     """The metadata of a safetensors file (empty dict when it has none)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), "pt") as fh:
+    with safe_open(str(path), "numpy") as fh:
         return dict(fh.metadata() or {})
 
 
@@ -68,11 +73,12 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     from safetensors.torch import load_file
 
     meta = read_metadata(path)
+    model: nn.Module
     fmt = meta.get("format")
     if fmt == EXPORT_FORMAT:
         from .networks import FaceGenerator, NetConfig
 
-        model: nn.Module = FaceGenerator(NetConfig(**json.loads(meta["net"])))
+        model = FaceGenerator(NetConfig(**json.loads(meta["net"])))
     elif fmt == EXPORT_FORMAT_V2:
         from .inpaint import InpaintConfig, InpaintGenerator
 
