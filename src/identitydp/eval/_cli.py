@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,13 +18,9 @@ Settings already complete in the run folder are skipped (resumable); --force re-
 
 
 def default_lfw() -> Path:
-    env = os.environ.get("IDENTITYDP_LFW")
-    if env:
-        return Path(env)
-    shared = os.environ.get("IDENTITYDP_SHARED_DATA")
-    if shared:
-        return Path(shared) / "lfw"
-    return Path.cwd().parent / "shared" / "data" / "lfw"
+    from .lfw import shared_data_dir
+
+    return shared_data_dir("lfw", "IDENTITYDP_LFW")
 
 
 def register(subparsers) -> None:

@@ -55,15 +55,19 @@ class Protocol:
         return list(keys)
 
 
-def default_train_dir() -> Path:
-    """The training-data root (``$IDENTITYDP_TRAIN``, ``$IDENTITYDP_SHARED_DATA/train`` or ``../shared/data/train``)."""
-    env = os.environ.get("IDENTITYDP_TRAIN")
-    if env:
-        return Path(env)
+def shared_data_dir(name: str, env: str) -> Path:
+    """A data folder: ``$<env>``, else ``$IDENTITYDP_SHARED_DATA/<name>``, else ``../shared/data/<name>``."""
+    if os.environ.get(env):
+        return Path(os.environ[env])
     shared = os.environ.get("IDENTITYDP_SHARED_DATA")
     if shared:
-        return Path(shared) / "train"
-    return Path.cwd().parent / "shared" / "data" / "train"
+        return Path(shared) / name
+    return Path.cwd().parent / "shared" / "data" / name
+
+
+def default_train_dir() -> Path:
+    """The training-data root (``$IDENTITYDP_TRAIN``, ``$IDENTITYDP_SHARED_DATA/train`` or ``../shared/data/train``)."""
+    return shared_data_dir("train", "IDENTITYDP_TRAIN")
 
 
 def training_faces(train_dir: str | Path, n: int) -> list[str]:
