@@ -148,7 +148,10 @@ def _method_params(args) -> dict:
         params.update(epsilon=args.epsilon, block=args.block, m=args.m)
     elif args.method == "identitydp":
         params.update(epsilon=args.epsilon, mechanism=args.mechanism, delta=args.delta, projection=False if args.sphere else None,
-                      geometry=True if args.geometry and not args.no_geometry else None, keep=args.keep)
+                      geometry=True if args.geometry and not args.no_geometry else None, keep=args.keep,
+                      render_every=getattr(args, "render_every", None))
+    if getattr(args, "render_every", None) is not None and args.method != "identitydp":
+        raise IdentityDPError(f"--render-every applies to the identitydp method (it renders faces); {args.method} works per frame")
     return params
 
 

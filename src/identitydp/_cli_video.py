@@ -1,7 +1,7 @@
 """Video options of `identitydp anonymize` and `identitydp batch`.
 
 ``identitydp anonymize clip.mp4 -o out.mp4 [--method ...] [--no-audio] [--detect-every N]
-[--max-missing K] [--lookback L]``. Videos and images go through the same job layer
+[--max-missing K] [--lookback L] [--render-every R]``. Videos and images go through the same job layer
 (:mod:`identitydp.jobs`); these options become its :class:`~identitydp.jobs.VideoOptions`.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ._cli_types import bounded_int
 
-#: Upper bound of the frame counts --detect-every, --max-missing and --lookback.
+#: Upper bound of the frame counts --detect-every, --max-missing, --lookback and --render-every.
 MAX_FRAMES_OPTION = 10_000
 
 
@@ -29,4 +29,11 @@ def add_video_arguments(parser) -> None:
         type=bounded_int(0, MAX_FRAMES_OPTION),
         metavar="L",
         help="also anonymize a face in the L frames before its first detection (default max(4, N))",
+    )
+    g.add_argument(
+        "--render-every",
+        type=bounded_int(1, MAX_FRAMES_OPTION),
+        metavar="R",
+        help="identitydp: render each tracked face on every R-th frame and move its last rendering with the face in "
+             "between (R times less rendering; expression follows up to R-1 frames late; default 1)",
     )

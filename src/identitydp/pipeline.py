@@ -255,6 +255,7 @@ class Anonymizer:
         lookback: int | None = None,
         tracker=None,
         before_anonymize=None,
+        detect_ahead: int = 1,
     ):
         """Anonymize an iterable of (H, W, 3) uint8 RGB frames with face tracking.
 
@@ -271,7 +272,7 @@ class Anonymizer:
 
         return AnonymizedStream(
             self, frames, detect_every=detect_every, max_missing=max_missing, lookback=lookback, tracker=tracker,
-            before_anonymize=before_anonymize,
+            before_anonymize=before_anonymize, detect_ahead=detect_ahead,
         )
 
     def anonymize_file(

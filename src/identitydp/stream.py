@@ -9,8 +9,10 @@
     stream.tracks                     # list[Track], complete once the iterator is exhausted
 
 Per frame: detect (every ``detect_every`` frames), track (:class:`~identitydp.track.FaceTracker`),
-anonymize every live track's face through the pipeline's fail-closed path. Memory is constant:
-at most ``lookback + 1`` frames are held.
+anonymize every live track's face through the pipeline's fail-closed path. Detection runs in a
+worker thread, ahead of the frames being tracked and anonymized (``detect_ahead``), so the two
+overlap on two cores. Memory is constant: at most ``lookback + 1`` frames are held, plus
+``detect_ahead × detect_every`` read ahead.
 
 **Lookback.** A face is usually first detected a few frames after it becomes visible (entering
 through the frame edge, turning towards the camera; with ``detect_every = N``, up to N − 1 frames
@@ -137,6 +139,12 @@ class AnonymizedStream:
         before_anonymize: optional ``callable(frame_index, faces: list[TrackedFace])`` called just
             before a frame's faces go to the anonymizer, i.e. before any noise is drawn for them (the
             job layer charges the privacy ledger there); if it raises, the stream stops.
+        detect_ahead: detector runs (each ``detect_every`` frames) that may be under way in a
+            background thread while the frames before them are tracked and anonymized (the
+            detector's network and the renderer release the GIL, so on two cores the two
+            overlap); 0 runs the detector inline. Results are identical either way: a frame's
+            detections are waited for before it is tracked. Holds up to
+            ``detect_ahead × detect_every`` more frames.
     """
 
     def __init__(
@@ -149,11 +157,15 @@ class AnonymizedStream:
         lookback: int | None = None,
         tracker: FaceTracker | None = None,
         before_anonymize=None,
+        detect_ahead: int = 1,
     ) -> None:
         if detect_every < 1:
             raise ValueError(f"detect_every must be >= 1, got {detect_every}")
         if lookback is not None and lookback < 0:
             raise ValueError(f"lookback must be >= 0, got {lookback}")
+        if detect_ahead < 0:
+            raise ValueError(f"detect_ahead must be >= 0, got {detect_ahead}")
+        self.detect_ahead = int(detect_ahead)
         self.anonymizer = anonymizer
         self.detect_every = int(detect_every)
         self.lookback = max(4, self.detect_every) if lookback is None else int(lookback)
@@ -188,10 +200,8 @@ class AnonymizedStream:
                     self.anonymizer.method.end_track(tid)
             self._tracks.clear()
 
-    def _frames_out(self) -> Iterator[tuple[np.ndarray, FrameReport]]:
-        pending: deque[_Pending] = deque()
+    def _checked_frames(self) -> Iterator[tuple[int, np.ndarray]]:
         shape = None
-        index = -1
         for index, image in enumerate(self._frames):
             if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
                 raise ValueError(
@@ -202,12 +212,55 @@ class AnonymizedStream:
                 shape = image.shape
             elif image.shape != shape:
                 raise ValueError(f"frame {index}: size {image.shape[:2]} differs from the first frame's {shape[:2]}")
-            seconds = {}
-            detections = None
-            if index % self.detect_every == 0:
-                t0 = time.perf_counter()
-                detections = self.anonymizer.detector.detect(image)
-                seconds["detect"] = time.perf_counter() - t0
+            yield index, image
+
+    def _timed_detect(self, image: np.ndarray) -> tuple[Detections, float]:
+        t0 = time.perf_counter()
+        detections = self.anonymizer.detector.detect(image)
+        return detections, time.perf_counter() - t0
+
+    def _detected_frames(self) -> Iterator[tuple[int, np.ndarray, Detections | None, dict]]:
+        """Frames in order with their detections (None where the detector does not run), the
+        detection of later frames (``detect_ahead`` detector runs) under way in one worker thread."""
+        frames = self._checked_frames()
+        if self.detect_ahead == 0:
+            for index, image in frames:
+                if index % self.detect_every:
+                    yield index, image, None, {}
+                else:
+                    detections, seconds = self._timed_detect(image)
+                    yield index, image, detections, {"detect": seconds}
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        queued: deque = deque()
+        ahead = self.detect_ahead * self.detect_every
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="identitydp-detect")
+        try:
+            for index, image in frames:
+                job = pool.submit(self._timed_detect, image) if index % self.detect_every == 0 else None
+                queued.append((index, image, job))
+                # Read ahead far enough that the next detection is running while the frames before
+                # it are tracked and anonymized; at most detect_ahead × detect_every + 1 frames held.
+                while queued and (len(queued) > ahead or queued[0][2] is None):
+                    yield self._collect(queued.popleft())
+            while queued:
+                yield self._collect(queued.popleft())
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    @staticmethod
+    def _collect(entry) -> tuple[int, np.ndarray, Detections | None, dict]:
+        index, image, job = entry
+        if job is None:
+            return index, image, None, {}
+        detections, seconds = job.result()
+        return index, image, detections, {"detect": seconds}
+
+    def _frames_out(self) -> Iterator[tuple[np.ndarray, FrameReport]]:
+        pending: deque[_Pending] = deque()
+        index = -1
+        for index, image, detections, seconds in self._detected_frames():
             t0 = time.perf_counter()
             step = self.tracker.step(index, detections, image)
             seconds["track"] = time.perf_counter() - t0

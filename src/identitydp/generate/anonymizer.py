@@ -133,6 +133,13 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             registered graph was exported from these weights, else torch), ``"onnxruntime"``
             (required: a clear error otherwise) or ``"torch"``. Same network and weights; ORT
             is ~1.5-2x faster on CPU.
+        render_every: video, v1: render a tracked face on every N-th frame of its track only and,
+            in between, paste its last rendering at the face's current position (aligned to the
+            current frame's landmarks, colour-matched to the current frame), so a track costs
+            1/N of the renderer's time. The face follows the head's motion at once, its
+            expression with up to N − 1 frames of delay. 1 (default): render every frame.
+            Photos and untracked faces always render. Same privacy: the reused rendering is the
+            track's own release.
         keep: attributes of the identity to release as they are, e.g. ``("gender", "age")``
             (:mod:`identitydp.privacy.keep`): their coordinates along public directions fitted on
             training data are kept exactly (NOT private; each face's values go into its privacy
@@ -164,11 +171,15 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         grain: bool = True,
         backend: str = "auto",
         keep=(),
+        render_every: int = 1,
     ) -> None:
         from ..align import face_mask, template_for
         from ..models.registry import registry, weight_path
         from ..privacy import Projection, ReproducibleRNG, UnitSphere, make_mechanism
 
+        if isinstance(render_every, bool) or not isinstance(render_every, (int, np.integer)) or render_every < 1:
+            raise ValueError(f"render_every must be an integer >= 1, got {render_every!r}")
+        self.render_every = int(render_every)
         self.epsilon = float(epsilon)
         self.mechanism_name = mechanism
         self.delta = delta
@@ -226,6 +237,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self._tracks: dict[int, np.ndarray] = {}
         # v2 video: track id -> seed of the renderer's texture noise (same texture every frame).
         self._track_noise: dict[int, int] = {}
+        # v1 video with render_every > 1: track id -> (its last rendering, frames it has been used on).
+        self._track_render: dict[int, tuple[np.ndarray, int]] = {}
         # Seeded runs reproduce the texture too; otherwise it is fresh every call.
         self._texture_rng = np.random.default_rng(seed) if seed is not None else None
         if self.inpainting:
@@ -290,6 +303,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             "geometry": self.geometry,
             "geometry_strength": self.geometry_strength,
             "mirror_fusion": self.mirror_fusion,
+            "render_every": None if self.inpainting else self.render_every,
             "generator": self.weights.name,
             "renderer": "v2-inpainting" if self.inpainting else "v1-aei",
             "grain": self.grain if self.inpainting else None,
@@ -440,6 +454,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
     def end_track(self, track_id: int) -> None:
         self._tracks.pop(track_id, None)
         self._track_noise.pop(track_id, None)
+        self._track_render.pop(track_id, None)
 
     def _privacy_record(self, release) -> dict:
         privacy = release.cost.to_dict()
@@ -524,7 +539,21 @@ class IdentityDPAnonymizer(FaceAnonymizer):
                 for i, face in zip(group, self.render(crops, np.concatenate([noisy[i] for i in group]))):
                     rendered[i] = face
 
-            self._batched([i for i in aligned if i in noisy], render, fail)
+            fresh = []
+            for i in aligned:
+                if i not in noisy:
+                    continue
+                cached = self._track_render.get(track_ids[i]) if track_ids[i] is not None else None
+                if cached is not None and cached[1] < self.render_every:
+                    rendered[i] = cached[0]
+                    self._track_render[track_ids[i]] = (cached[0], cached[1] + 1)
+                else:
+                    fresh.append(i)
+            self._batched(fresh, render, fail)
+            if self.render_every > 1:
+                for i in fresh:
+                    if track_ids[i] is not None and i in rendered:
+                        self._track_render[track_ids[i]] = (rendered[i], 1)
         for i in sorted(aligned):
             if i not in noisy:
                 continue
