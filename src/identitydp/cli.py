@@ -78,9 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from ._malloc import return_freed_memory_to_os
-
-    return_freed_memory_to_os()  # ~100 MB lower peak on a folder of photos (see _malloc)
     if args.threads is not None:
         import os
 

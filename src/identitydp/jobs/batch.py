@@ -136,10 +136,7 @@ class _RayWorker:
     """One per Ray actor: builds the anonymizer once, then runs batches of work items."""
 
     def __init__(self, config_json: str, ledger_handle, overwrite: bool, video: dict, threads: int) -> None:
-        from .._malloc import return_freed_memory_to_os
-
         _set_threads(threads)
-        return_freed_memory_to_os()  # a worker process of ours: the CLI's lower peak memory there too
         config = AnonymizerConfig.from_json(config_json)
         self.job = Job(config, ledger=None if ledger_handle is None else _RemoteLedger(ledger_handle),
                        overwrite=overwrite, video=VideoOptions(**video))
