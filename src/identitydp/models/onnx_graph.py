@@ -86,6 +86,9 @@ class OnnxGraph:
         options = ort.SessionOptions()
         options.intra_op_num_threads = max(1, int(threads))
         options.inter_op_num_threads = 1
+        # Idle pool threads sleep instead of spinning: the spin burns the core that the detector
+        # (OpenCV, or its video worker thread) and the other pipeline stages need.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3  # ORT's own warnings would go to stderr
         options.enable_cpu_mem_arena = False  # activations freed after each run: -0.2 GB peak on a 5-face photo
         options.add_external_initializers(names, values)
