@@ -214,7 +214,7 @@ def main() -> int:
     if video_json.is_file():
         v = json.loads(video_json.read_text())
         video = {"source": str(video_json.relative_to(REPO)),
-                 "runs": [{k: r.get(k) for k in ("tool", "method", "detect_every", "fps", "fps_per_cpu_second")} for r in v["runs"]]}
+                 "runs": [{k: r.get(k) for k in ("tool", "method", "detect_every", "render_every", "fps", "fps_per_cpu_second")} for r in v["runs"]]}
     result = {
         "benchmark": "benchmarks/speed.py",
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_before": load_before,
