@@ -305,6 +305,15 @@ def test_pixel_limit_default_matches_the_decoder_and_can_be_raised(tmp_path, cap
     assert not (tmp_path / "a.png").exists()
     assert cli_main(["anonymize", str(big), "-o", str(tmp_path / "b.png"), "--method", "blur"]) == 0
     assert (tmp_path / "b.png").is_file()
+    # `batch` honours the same option in its worker processes.
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    big.rename(folder / "wide.png")
+    rc = cli_main(["batch", str(folder), "-o", str(tmp_path / "batch_out"), "--method", "blur", "--workers", "1",
+                   "--max-megapixels", "2", "--quiet"])
+    assert rc == 1 and not (tmp_path / "batch_out" / "wide.png").exists()
+    rc = cli_main(["batch", str(folder), "-o", str(tmp_path / "batch_out"), "--method", "blur", "--workers", "1", "--quiet"])
+    assert rc == 0 and (tmp_path / "batch_out" / "wide.png").is_file()
 
 
 def _unsure_scene(bundled_faces, path: Path) -> tuple[int, int, int, int]:

@@ -92,7 +92,8 @@ def run_batch_cli(args) -> int:
               disable=args.quiet, file=sys.stderr) as bar:
         summary = run_batch(plan.items, config, ledger=ledger, budget=args.budget, overwrite=args.overwrite,
                             video=video_options_from_args(args), engine=args.engine, workers=args.workers,
-                            address=args.address, progress=lambda r: bar.update(1), quiet=args.quiet)
+                            address=args.address, progress=lambda r: bar.update(1), quiet=args.quiet,
+                            max_pixels=int(args.max_megapixels * 1e6))
     if args.report:
         from .._cli_anonymize import _write_report
 

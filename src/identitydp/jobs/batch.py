@@ -25,6 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import IdentityDPError
+from ..io import MAX_PIXELS
 from .config import AnonymizerConfig
 from .job import ItemResult, Job, JobSummary, VideoOptions, timing_from
 from .plan import WorkItem
@@ -56,11 +57,11 @@ def _set_threads(n: int) -> None:
 _WORKER_JOB: Job | None = None
 
 
-def _local_init(config_json: str, ledger: str | None, overwrite: bool, video: dict, threads: int) -> None:
+def _local_init(config_json: str, ledger: str | None, overwrite: bool, video: dict, threads: int, max_pixels: int) -> None:
     global _WORKER_JOB
     _set_threads(threads)
     _WORKER_JOB = Job(AnonymizerConfig.from_json(config_json), ledger=ledger, overwrite=overwrite,
-                      video=VideoOptions(**video))
+                      video=VideoOptions(**video), max_pixels=max_pixels)
 
 
 def _local_run(item: dict) -> dict:
@@ -68,7 +69,7 @@ def _local_run(item: dict) -> dict:
     return _WORKER_JOB.run_item(WorkItem.from_dict(item)).to_dict()
 
 
-def _run_local(items, config, ledger, overwrite, video, workers, progress) -> list[ItemResult]:
+def _run_local(items, config, ledger, overwrite, video, workers, progress, max_pixels) -> list[ItemResult]:
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -76,7 +77,7 @@ def _run_local(items, config, ledger, overwrite, video, workers, progress) -> li
     # spawn: workers start clean (no torch/OpenMP state forked from the parent).
     with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_local_init,
                              initargs=(config.to_json(), None if ledger is None else str(ledger), overwrite,
-                                       asdict(video), _threads_per_worker(workers))) as pool:
+                                       asdict(video), _threads_per_worker(workers), max_pixels)) as pool:
         futures = [pool.submit(_local_run, item.to_dict()) for item in items]
         for future in as_completed(futures):
             result = ItemResult.from_dict(future.result())
@@ -135,11 +136,11 @@ def _ledger_actor_class():
 class _RayWorker:
     """One per Ray actor: builds the anonymizer once, then runs batches of work items."""
 
-    def __init__(self, config_json: str, ledger_handle, overwrite: bool, video: dict, threads: int) -> None:
+    def __init__(self, config_json: str, ledger_handle, overwrite: bool, video: dict, threads: int, max_pixels: int) -> None:
         _set_threads(threads)
         config = AnonymizerConfig.from_json(config_json)
         self.job = Job(config, ledger=None if ledger_handle is None else _RemoteLedger(ledger_handle),
-                       overwrite=overwrite, video=VideoOptions(**video))
+                       overwrite=overwrite, video=VideoOptions(**video), max_pixels=max_pixels)
 
     def __call__(self, batch: dict) -> dict:
         import numpy as np
@@ -151,7 +152,7 @@ class _RayWorker:
         return {"result": np.array(out, dtype=object)}
 
 
-def _run_ray(items, config, ledger, overwrite, video, workers, progress, address, quiet) -> list[ItemResult]:
+def _run_ray(items, config, ledger, overwrite, video, workers, progress, address, quiet, max_pixels) -> list[ItemResult]:
     try:
         import ray
         import ray.data
@@ -189,7 +190,7 @@ def _run_ray(items, config, ledger, overwrite, video, workers, progress, address
         ds = ds.map_batches(
             _RayWorker,
             fn_constructor_kwargs={"config_json": config.to_json(), "ledger_handle": handle, "overwrite": overwrite,
-                                   "video": asdict(video), "threads": threads},
+                                   "video": asdict(video), "threads": threads, "max_pixels": max_pixels},
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=1,
@@ -221,11 +222,13 @@ def run_batch(
     address: str | None = None,
     progress: Callable[[ItemResult], None] | None = None,
     quiet: bool = False,
+    max_pixels: int = MAX_PIXELS,
 ) -> JobSummary:
     """Run ``items`` on ``workers`` processes (``engine="local"``) or Ray actors (``"ray"``).
 
     The budget is applied to the ledger once, by the caller's process, before any worker starts;
-    pending releases of a killed earlier run are settled at the same time.
+    pending releases of a killed earlier run are settled at the same time. ``max_pixels`` is every
+    worker's decoding limit (larger images fail with a message that says so, as in ``anonymize``).
 
     Returns:
         A :class:`JobSummary` with one result per item (in completion order) and the ledger summary.
@@ -254,9 +257,10 @@ def run_batch(
     with Job(config, ledger=ledger, budget=budget, overwrite=overwrite, video=video) as driver_job:
         recovered = driver_job.recovered
     if engine == "local":
-        results = _run_local(items, config, ledger if config.is_dp else None, overwrite, video, workers, progress)
+        results = _run_local(items, config, ledger if config.is_dp else None, overwrite, video, workers, progress, max_pixels)
     else:
-        results = _run_ray(items, config, ledger if config.is_dp else None, overwrite, video, workers, progress, address, quiet)
+        results = _run_ray(items, config, ledger if config.is_dp else None, overwrite, video, workers, progress, address, quiet,
+                           max_pixels)
     summary = JobSummary(results=results)
     summary.timing = timing_from(stamps)
     if config.is_dp and ledger is not None:
