@@ -93,3 +93,28 @@ def test_graph_that_does_not_fit_the_weights_is_a_loud_error(tmp_path):
     bad.write_text(json.dumps(spec))
     with pytest.raises(WeightsError, match="re-export"):
         OnnxGraph(weight_path(GRAPH_NAME), bad, weight_path("identitydp_generator"))
+
+
+@pytest.mark.parametrize("graph_name, index_name, weights_name, shapes", [
+    ("identitydp_generator_onnx", "identitydp_generator_onnx_index", "identitydp_generator", {"x": (2, 3, 128, 128), "z": (2, 128)}),
+    ("dlib_resnet_onnx", "dlib_resnet_onnx_index", "dlib_resnet", {"x": (2, 3, 150, 150)}),
+])
+def test_sessions_do_not_read_our_initializers_after_building(graph_name, index_name, weights_name, shapes):
+    """OnnxGraph drops its NumPy initializers once the session exists (~30 MB per network); that
+    is only safe while ORT copies them all at build time. Poison them and the outputs must not move."""
+    from identitydp.models.onnx_graph import OnnxGraph
+    from identitydp.models.registry import weight_path
+
+    graph = OnnxGraph(weight_path(graph_name), weight_path(index_name), weight_path(weights_name), keep_initializers=True)
+    names = [i.name for i in graph.session.get_inputs()]
+    assert sorted(names) == sorted(shapes)
+    rng = np.random.default_rng(0)
+    feed = {k: rng.uniform(-1, 1, shapes[k]).astype(np.float32) for k in names}
+    if "z" in feed:
+        feed["z"] /= np.linalg.norm(feed["z"], axis=1, keepdims=True)
+    before = graph(**feed)
+    for value in graph.initializers:
+        value.numpy()[...] = np.nan  # .numpy() of a CPU OrtValue is a view of the same buffer
+    assert np.isnan(graph.initializers[0].numpy()).all()  # the poison reached the buffer ORT was given
+    after = graph(**feed)
+    assert np.isfinite(after).all() and np.array_equal(before, after)
