@@ -93,6 +93,11 @@ def test_graph_that_does_not_fit_the_weights_is_a_loud_error(tmp_path):
     bad.write_text(json.dumps(spec))
     with pytest.raises(WeightsError, match="re-export"):
         OnnxGraph(weight_path(GRAPH_NAME), bad, weight_path("identitydp_generator"))
+    # Deferred (built on a loading thread): the same error from build(), on every call.
+    deferred = OnnxGraph(weight_path(GRAPH_NAME), bad, weight_path("identitydp_generator"), defer=True)
+    for _ in range(2):
+        with pytest.raises(WeightsError, match="re-export"):
+            deferred.build()
 
 
 @pytest.mark.parametrize("graph_name, index_name, weights_name, shapes", [

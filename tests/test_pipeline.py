@@ -369,6 +369,27 @@ def test_fail_closed_masks_faces(method, bundled_faces):
     assert out[y1 + 5 : y2 - 5, (x1 + x2) // 2].max() == 0  # solid black through the face
 
 
+class _UnloadableMethod(FaceAnonymizer):
+    """A method whose background model loading failed (as corrupt weights would)."""
+
+    name = "unloadable"
+
+    def ready(self) -> None:
+        from identitydp.errors import WeightsError
+
+        raise WeightsError("renderer weights do not fit the graph")
+
+    def anonymize_frame(self, image, faces, rng) -> FrameResult:  # pragma: no cover - never reached
+        raise AssertionError("anonymize_frame ran before ready()")
+
+
+def test_a_model_that_cannot_load_is_an_error_not_masked_faces(bundled_faces):
+    from identitydp.errors import WeightsError
+
+    with pytest.raises(WeightsError, match="do not fit"):
+        Anonymizer(_UnloadableMethod()).anonymize(_face(bundled_faces[2]))
+
+
 def test_fail_closed_on_odd_crop():
     img = np.full((100, 100, 3), 90, np.uint8)
     det = Detections(

@@ -222,6 +222,7 @@ class Anonymizer:
     def _anonymize_fail_closed(
         self, image: np.ndarray, detections: Detections, track_ids: list[int] | None = None
     ) -> tuple[np.ndarray, list[FaceOutcome]]:
+        self.method.ready()  # outside the guard: a model that cannot load is an error, not masked faces
         try:
             if track_ids is not None:
                 # A TrackAware method (see identitydp.stream) keeps per-track state, e.g. one identity.

@@ -72,6 +72,15 @@ class FaceAnonymizer(ABC):
         """Parameters of this anonymizer, for reports and ledgers."""
         return {"method": self.name}
 
+    def ready(self) -> None:
+        """Finish loading whatever the method loads in the background (the pipeline calls it
+        before the first frame, outside its fail-closed guard, so that a broken model is a loud
+        error rather than a masked face).
+
+        Raises:
+            WeightsError: a model the method needs cannot be loaded.
+        """
+
     def release_cost(self):
         """The :class:`~identitydp.privacy.PrivacyCost` of one face's release, known before any
         noise is drawn (the job layer charges it first), or None for a method without DP."""

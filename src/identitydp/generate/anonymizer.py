@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import secrets
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -219,7 +220,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self.id_mean_np = id_mean.astype(np.float64)
         self.inpainting = self.meta.get("format") == EXPORT_FORMAT_V2
         self.device = device
-        self.model = self.dlib = self._onnx = self._dlib_onnx = None
+        self.model = self.dlib = self._onnx = self._dlib_onnx = self._loader = None
+        self.color_match = color_match
         self.backend = "torch"
         if backend != "torch" and device == "cpu" and not self.inpainting:
             self._load_onnx()
@@ -231,7 +233,6 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self.size = int(json.loads(self.meta["net"])["size"])
         self.margin = float(self.meta["margin"])
         self.mask = face_mask(self.size, self.margin)
-        self.color_match = color_match
         self.grain = bool(grain)
         # Video: track id -> (1, 128) released identity, reused on every frame of the track.
         self._tracks: dict[int, np.ndarray] = {}
@@ -276,10 +277,36 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         from .onnx_backend import load_renderer
 
         threads = _default_threads()
-        renderer = load_renderer(self.weights, threads=threads)
-        encoder = DlibOnnxEncoder.load(threads=threads) if renderer is not None else None
+        # Checksums, and whether the registered graphs were exported from these weights, are
+        # checked here; the initializers and ORT sessions (~0.5 s together) are built on a
+        # thread, so that they load while the detector runs on the first image.
+        renderer = load_renderer(self.weights, threads=threads, defer=True)
+        encoder = DlibOnnxEncoder.load(threads=threads, defer=True) if renderer is not None else None
         if renderer is not None and encoder is not None:
             self._onnx, self._dlib_onnx, self.backend = renderer, encoder, "onnxruntime"
+            self._loader = threading.Thread(target=self._load_in_background, name="identitydp-load", daemon=True)
+            self._loader.start()
+
+    def _load_in_background(self) -> None:
+        try:
+            self._onnx.graph.build()
+            self._dlib_onnx.graph.build()
+        except WeightsError:
+            return  # ready() builds again on the caller's thread and raises it there
+        if self.color_match:
+            # OpenCV fills its 8-bit Lab tables on the first conversion (~0.1 s): do it here too.
+            from ..blend import warm_up_color_tables
+
+            warm_up_color_tables()
+
+    def ready(self) -> None:
+        """Wait for the background loading; raises its :class:`WeightsError` if it failed."""
+        loader = self._loader
+        if loader is not None:
+            loader.join()
+            self._loader = None
+            self._onnx.graph.build()
+            self._dlib_onnx.graph.build()
 
     def _load_torch(self) -> None:
         import torch

@@ -32,10 +32,10 @@ class OnnxRenderer:
         return self.graph(x=x, z=z)
 
 
-def load_renderer(weights: str | Path, threads: int = 1) -> OnnxRenderer | None:
+def load_renderer(weights: str | Path, threads: int = 1, defer: bool = False) -> OnnxRenderer | None:
     """The registered renderer graph fed with ``weights``; ``None`` (logged) when ORT is missing
-    or the graph was exported from other weights."""
-    graph = load_registered(GRAPH_NAME, INDEX_NAME, weights, threads=threads)
+    or the graph was exported from other weights. ``defer``: build the ORT session on first use."""
+    graph = load_registered(GRAPH_NAME, INDEX_NAME, weights, threads=threads, defer=defer)
     if graph is None:
         log.info("no ONNX Runtime renderer for %s: the renderer runs on torch", Path(weights).name)
         return None

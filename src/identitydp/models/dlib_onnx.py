@@ -24,15 +24,17 @@ class DlibOnnxEncoder:
         self.graph = graph
 
     @classmethod
-    def load(cls, threads: int = 1) -> "DlibOnnxEncoder | None":
+    def load(cls, threads: int = 1, defer: bool = False) -> "DlibOnnxEncoder | None":
         """The registered encoder, or ``None`` when ORT is missing or the graph does not match the weights.
+
+        ``defer``: build the ORT session on first use (see :class:`~identitydp.models.onnx_graph.OnnxGraph`).
 
         Raises:
             WeightsError: registered files missing or corrupt.
         """
         from .registry import weight_path
 
-        graph = load_registered(GRAPH_NAME, INDEX_NAME, weight_path(WEIGHTS_NAME), threads=threads)
+        graph = load_registered(GRAPH_NAME, INDEX_NAME, weight_path(WEIGHTS_NAME), threads=threads, defer=defer)
         return None if graph is None else cls(graph)
 
     def __call__(self, chips: np.ndarray | list[np.ndarray]) -> np.ndarray:

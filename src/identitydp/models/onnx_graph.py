@@ -11,10 +11,12 @@ weights live in one place and a graph cannot carry stale ones.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
 
+from .._memory import release_free_memory
 from ..errors import WeightsError
 
 INDEX_FORMAT = "identitydp-onnx-index-v1"
@@ -62,6 +64,9 @@ class OnnxGraph:
         threads: ORT intra-op threads (the CLI's ``--threads``).
         keep_initializers: keep the NumPy initializers referenced after the session is built
             (tests use it to check that ORT no longer reads them).
+        defer: read only the index now; build the initializers and the ORT session (together
+            0.1-0.3 s) on the first :meth:`build` or call, so that a caller can build them on a
+            thread while the detector runs. The errors below are then raised by :meth:`build`.
 
     Raises:
         WeightsError: the graph does not fit the weights (a missing tensor, another
@@ -69,50 +74,83 @@ class OnnxGraph:
     """
 
     def __init__(self, graph: str | Path, index: str | Path, weights: str | Path, threads: int = 1,
-                 keep_initializers: bool = False) -> None:
-        import onnxruntime as ort
-        from safetensors.numpy import load_file
-
+                 keep_initializers: bool = False, defer: bool = False) -> None:
         self.spec = json.loads(Path(index).read_text())
         if self.spec.get("format") != INDEX_FORMAT:
             raise WeightsError(f"{Path(index).name} is not an identitydp ONNX index (format {self.spec.get('format')!r})")
-        tensors = load_file(str(weights))
+        self._graph_path, self._weights_path = Path(graph), Path(weights)
+        self._threads = max(1, int(threads))
+        self._keep_initializers = keep_initializers
+        self.initializers: list | None = None
+        self._session = None
+        self._lock = threading.Lock()
+        if not defer:
+            self.build()
+
+    def _initializers(self) -> tuple[list[str], list]:
+        import onnxruntime as ort
+        from safetensors.numpy import load_file
+
+        tensors = load_file(str(self._weights_path))
         names, values = [], []
         for init_name, recipe in self.spec["initializers"].items():
             try:
                 arr = build_initializer(tensors, recipe)
             except KeyError as exc:
-                raise WeightsError(f"the ONNX graph {Path(graph).name} needs tensor {exc}, which {Path(weights).name} "
-                                   "does not hold; re-export it with scripts/export_onnx.py") from exc
+                raise WeightsError(f"the ONNX graph {self._graph_path.name} needs tensor {exc}, which "
+                                   f"{self._weights_path.name} does not hold; re-export it with scripts/export_onnx.py") from exc
             names.append(init_name)
             values.append(ort.OrtValue.ortvalue_from_numpy(arr))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = max(1, int(threads))
-        options.inter_op_num_threads = 1
-        # Idle pool threads sleep instead of spinning: the spin burns the core that the detector
-        # (OpenCV, or its video worker thread) and the other pipeline stages need.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.log_severity_level = 3  # ORT's own warnings would go to stderr
-        options.enable_cpu_mem_arena = False  # activations freed after each run: -0.2 GB peak on a 5-face photo
-        options.add_external_initializers(names, values)
-        try:
-            self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ORT raises its own Fail / InvalidGraph / RuntimeException types
-            raise WeightsError(f"ONNX Runtime cannot load {Path(graph).name} with {Path(weights).name}: {exc}; "
-                               "re-export it with scripts/export_onnx.py") from exc
-        # ORT may use external initializers in place, but the CPU provider copies every one of
-        # ours while it builds the session (Conv+BN fusion, weight prepacking): holding them would
-        # cost ~30 MB per network for nothing. tests/test_onnx_backend.py poisons them after the
-        # session is built and checks that the outputs do not change, so an ORT that starts
-        # reading them fails the tests instead of reading freed memory.
-        self.initializers = values if keep_initializers else None
+        return names, values
+
+    def build(self):
+        """The ORT session, built on the first call (thread-safe; a second caller waits for it).
+
+        Raises:
+            WeightsError: see the class; raised again on every later call.
+        """
+        with self._lock:
+            if self._session is None:
+                import onnxruntime as ort
+
+                names, values = self._initializers()
+                options = ort.SessionOptions()
+                options.intra_op_num_threads = self._threads
+                options.inter_op_num_threads = 1
+                # Idle pool threads sleep instead of spinning: the spin burns the core that the
+                # detector (OpenCV, or its video worker thread) and the other stages need.
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                options.log_severity_level = 3  # ORT's own warnings would go to stderr
+                options.enable_cpu_mem_arena = False  # activations freed after each run: -0.2 GB peak on a 5-face photo
+                # The options do not own these: ``values`` must live until the session is built.
+                options.add_external_initializers(names, values)
+                try:
+                    self._session = ort.InferenceSession(str(self._graph_path), options, providers=["CPUExecutionProvider"])
+                except Exception as exc:  # ORT raises its own Fail / InvalidGraph / RuntimeException types
+                    raise WeightsError(f"ONNX Runtime cannot load {self._graph_path.name} with {self._weights_path.name}: "
+                                       f"{exc}; re-export it with scripts/export_onnx.py") from exc
+                # ORT may use external initializers in place, but the CPU provider copies every
+                # one of ours while it builds the session (Conv+BN fusion, weight prepacking):
+                # holding them would cost ~30 MB per network for nothing. A test poisons them
+                # after the build and checks that the outputs do not move, so an ORT that starts
+                # reading them fails the tests instead of reading freed memory.
+                if self._keep_initializers:
+                    self.initializers = values
+                del names, values, options
+                release_free_memory()  # the build's temporaries, freed in this thread's arena
+            return self._session
+
+    @property
+    def session(self):
+        return self._session if self._session is not None else self.build()
 
     def __call__(self, **inputs: np.ndarray) -> np.ndarray:
         feed = {k: np.ascontiguousarray(v, np.float32) for k, v in inputs.items()}
         return self.session.run(None, feed)[0]
 
 
-def load_registered(graph_name: str, index_name: str, weights: str | Path, threads: int = 1) -> OnnxGraph | None:
+def load_registered(graph_name: str, index_name: str, weights: str | Path, threads: int = 1,
+                    defer: bool = False) -> OnnxGraph | None:
     """A registered graph for ``weights``, or ``None`` when ORT is not installed or the graph was
     exported from other weights (the caller then runs torch).
 
@@ -126,4 +164,4 @@ def load_registered(graph_name: str, index_name: str, weights: str | Path, threa
     graph, index = weight_path(graph_name), weight_path(index_name)
     if json.loads(index.read_text()).get("weights_sha256") != sha256_of(Path(weights)):
         return None
-    return OnnxGraph(graph, index, weights, threads=threads)
+    return OnnxGraph(graph, index, weights, threads=threads, defer=defer)
