@@ -256,6 +256,30 @@ def test_missing_input_does_not_abort_and_modes_follow_the_umask(tmp_path, photo
     assert written.stat().st_mode & 0o777 == 0o640
 
 
+def test_read_ahead_changes_nothing_but_the_timing(tmp_path, photos):
+    """Job.results decodes and detects the next photo on a thread: same outputs, same reports, same
+    ledger as one photo at a time, and an unreadable photo in the middle fails alone, in order."""
+    (photos / "person_05.jpg").write_bytes(b"not a jpeg at all")
+    runs = {}
+    for read_ahead in (True, False):
+        out, ledger = tmp_path / f"out-{read_ahead}", tmp_path / f"ledger-{read_ahead}.sqlite"
+        config = AnonymizerConfig.create("identitydp", epsilon=1.0, seed=4)
+        with Job(config, ledger=ledger) as job:
+            results = list(job.results(plan_job([photos], out).items, read_ahead=read_ahead))
+        runs[read_ahead] = results
+        _assert_ledger_matches_outputs(ledger, out, faces_per_output=1)
+    ahead, inline = runs[True], runs[False]
+    assert [r.item.source.name for r in ahead] == sorted(p.name for p in photos.iterdir())
+    assert [(r.item.source.name, r.status, r.faces, r.releases) for r in ahead] == \
+        [(r.item.source.name, r.status, r.faces, r.releases) for r in inline]
+    (failed,) = [r for r in ahead if r.status == "failed"]
+    assert failed.item.source.name == "person_05.jpg" and "person_05.jpg" in failed.reason
+    for a, b in zip(ahead, inline):
+        if a.status == "done":
+            pixels = [np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(r.item.output)) for r in (a, b)]
+            assert np.array_equal(*pixels), a.item.source.name  # seeded: the same draws, the same faces
+
+
 def test_config_round_trip_and_anonymizer_pickles():
     from identitydp import Anonymizer
 
@@ -265,6 +289,10 @@ def test_config_round_trip_and_anonymizer_pickles():
     anon = Anonymizer("dp-pix", epsilon=4.0, threshold=0.6)
     clone = pickle.loads(pickle.dumps(anon))
     assert clone.method.describe() == anon.method.describe() and clone.detector.threshold == 0.6
+    assert "min_face" not in config.to_dict()  # configurations made before it existed compare the same
+    coarse = AnonymizerConfig.create("blur", min_face=40)
+    assert AnonymizerConfig.from_json(coarse.to_json()) == coarse and coarse.build().detector.min_face == 40
+    assert pickle.loads(pickle.dumps(coarse.build())).detector.min_face == 40  # what batch workers get
     tampered = AnonymizerConfig.from_dict({**config.to_dict(), "weights": {**config.weights, "centerface": "0" * 64}})
     with pytest.raises(Exception, match="SHA-256"):
         tampered.build()

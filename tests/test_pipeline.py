@@ -217,6 +217,22 @@ def test_scene_with_small_and_large_faces(detector, lfw_images):
     assert hits >= len(truth) - 1, (hits, len(truth))
 
 
+def test_min_face_finds_every_face_of_that_size_in_a_720p_frame(lfw_images):
+    """--min-face 40 runs the global pass at 0.6 scale on a 720p frame (24 px at the network for a
+    40-px face): every face of 40 px and more is still found; a bad value is refused."""
+    from identitydp.detect import MIN_FACE_AT_INPUT
+
+    sizes = [40, 40, 44, 48, 48, 56, 64, 80, 100, 120]
+    scene, truth = compose_scene(lfw_images[300:], sizes, canvas=(720, 1280), seed=3)
+    coarse = CenterFaceDetector(pad_tight=False, min_face=40)
+    det = coarse.detect(scene)
+    assert all(any(_iou(t, b) > 0.3 for b in det.boxes) for t in truth), len(det)
+    assert MIN_FACE_AT_INPUT / coarse.min_face == pytest.approx(0.6)
+    for bad in (0, -5, 2.5, True):
+        with pytest.raises(ValueError, match="min_face"):
+            CenterFaceDetector(min_face=bad)
+
+
 @pytest.mark.parametrize("fraction", [0.85, 0.95])
 def test_detects_close_ups(detector, lfw_images, fraction):
     """A face filling most of a 1512×2016 frame (a portrait, a selfie) is found, by the close-up

@@ -120,6 +120,10 @@ def add_method_arguments(p) -> None:
     p.add_argument("--paranoid", action="store_true",
                    help="also mask solid the possible faces the detector is unsure of (score between 0.25 and --threshold); "
                         "without it they are left as they are and counted in the summary; photos only")
+    p.add_argument("--min-face", type=bounded_int(8, 10_000), metavar="PX",
+                   help="the smallest face to find, in pixels: detection runs on a copy scaled so that such a face is still "
+                        "found, cheaper on large frames (720p video with --min-face 40: about a third of the detector's "
+                        "time) and blind to smaller faces (default: full resolution, faces down to ~20 px)")
     p.add_argument("--seed", type=bounded_int(0, MAX_SEED), help="seed for a reproducible run (experiments only; default: OS randomness)")
     p.add_argument("--budget", type=positive_float(),
                    help="refuse to spend more than this ε on any one face, over all runs (dp-pix, identitydp); "
@@ -172,7 +176,8 @@ def config_from_args(args, method_params: dict | None = None):
     exempt = getattr(args, "exempt", None)
     return AnonymizerConfig.create(args.method, threshold=args.threshold, seed=args.seed,
                                    exempt=None if exempt is None else str(Path(exempt).resolve()),
-                                   paranoid=bool(getattr(args, "paranoid", False)), **params)
+                                   paranoid=bool(getattr(args, "paranoid", False)),
+                                   min_face=getattr(args, "min_face", None), **params)
 
 
 def ledger_path_from_args(args) -> Path:
@@ -299,20 +304,23 @@ def run_anonymize(args) -> int:
 
             summary = JobSummary()
             t0, stamps = time.perf_counter(), []
-            for item in plan.items:
-                frames_bar = None
-                if item.kind == "video" and show:
-                    frames_bar = tqdm(unit="frame", desc=item.source.name, file=sys.stderr, dynamic_ncols=True, leave=not many)
+            frames_bars: dict = {}
 
-                def frame_progress(n, total, b=frames_bar):
-                    if b is not None:
-                        if total and b.total != total:
-                            b.total = total
-                        b.update(n - b.n)
+            def frame_progress_for(item):
+                if item.kind != "video" or not show:
+                    return None
+                b = frames_bars[item] = tqdm(unit="frame", desc=item.source.name, file=sys.stderr, dynamic_ncols=True, leave=not many)
 
-                result = job.run_item(item, frame_progress=frame_progress if frames_bar is not None else None)
-                if frames_bar is not None:
-                    frames_bar.close()
+                def frame_progress(n, total):
+                    if total and b.total != total:
+                        b.total = total
+                    b.update(n - b.n)
+
+                return frame_progress
+
+            for result in job.results(plan.items, frame_progress=frame_progress_for):
+                if result.item in frames_bars:
+                    frames_bars.pop(result.item).close()
                 summary.results.append(result)
                 stamps.append(time.perf_counter() - t0)
                 bar.update(1)

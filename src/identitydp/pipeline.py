@@ -149,6 +149,7 @@ class Anonymizer:
             if exempt is None or exempt_folder is not None:
                 self.config = AnonymizerConfig.create(
                     method, threshold=self.detector.threshold, seed=seed, pad_tight=self.detector.pad_tight,
+                    min_face=self.detector.min_face,
                     exempt=exempt_folder, paranoid=self.paranoid, **{k: v for k, v in method_params.items() if k != "seed"},
                 )
 

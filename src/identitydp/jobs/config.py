@@ -32,7 +32,8 @@ def _weights_for(method: str, params: Mapping[str, Any]) -> dict[str, str]:
 
         names += ["dlib_resnet"]
         weights = params.get("weights")
-        names.append(weights if isinstance(weights, str) and weights in registry() else WEIGHTS_NAME)
+        generator = weights if isinstance(weights, str) and weights in registry() else WEIGHTS_NAME
+        names.append(generator)
         if params.get("projection") is True or (params.get("projection") is None and not params.get("keep")):
             names.append(PROJECTION_NAME)  # the default domain
         if params.get("keep"):
@@ -67,6 +68,8 @@ class AnonymizerConfig:
         exempt: folder of reference photos of people who consent (their faces are kept), or None.
             Workers read it again: it must be at the same path on every machine.
         paranoid: also mask uncertain detections solid (see :class:`~identitydp.pipeline.Anonymizer`).
+        min_face: the detector's smallest face in pixels (a cheaper, coarser detection pass; see
+            :class:`~identitydp.detect.CenterFaceDetector`), or None for the full-resolution pass.
     """
 
     method: str
@@ -77,10 +80,12 @@ class AnonymizerConfig:
     weights: Mapping[str, str] = field(default_factory=dict)
     exempt: str | None = None
     paranoid: bool = False
+    min_face: int | None = None
 
     @classmethod
     def create(cls, method: str, *, threshold: float = 0.5, seed: int | None = None, pad_tight: bool = True,
-               exempt: str | None = None, paranoid: bool = False, **params: Any) -> "AnonymizerConfig":
+               exempt: str | None = None, paranoid: bool = False, min_face: int | None = None,
+               **params: Any) -> "AnonymizerConfig":
         """A configuration with the installed weights' checksums recorded.
 
         Raises:
@@ -97,16 +102,18 @@ class AnonymizerConfig:
             raise ConfigError(f"method parameters must be JSON values: {exc}") from exc
         return cls(method=method, params=clean, threshold=float(threshold), seed=seed, pad_tight=bool(pad_tight),
                    weights=_weights_for(method, clean), exempt=None if exempt is None else str(exempt),
-                   paranoid=bool(paranoid))
+                   paranoid=bool(paranoid), min_face=None if min_face is None else int(min_face))
 
     @property
     def is_dp(self) -> bool:
         return self.method in DP_METHODS
 
     def to_dict(self) -> dict:
-        # ``paranoid`` only when set, so that configurations (and ledger fingerprints) made before
-        # it existed read and compare the same.
+        # ``paranoid`` and ``min_face`` only when set, so that configurations (and ledger
+        # fingerprints) made before they existed read and compare the same.
         extra = {"paranoid": True} if self.paranoid else {}
+        if self.min_face is not None:
+            extra["min_face"] = self.min_face
         return {
             **extra,
             "format": CONFIG_FORMAT,
@@ -141,6 +148,7 @@ class AnonymizerConfig:
                 weights=dict(data.get("weights") or {}),
                 exempt=data.get("exempt"),
                 paranoid=bool(data.get("paranoid", False)),
+                min_face=None if data.get("min_face") is None else int(data["min_face"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"malformed anonymizer configuration: {exc}") from exc
@@ -177,7 +185,7 @@ class AnonymizerConfig:
         from ..pipeline import Anonymizer
 
         self.check_weights()
-        detector = CenterFaceDetector(threshold=self.threshold, pad_tight=self.pad_tight)
+        detector = CenterFaceDetector(threshold=self.threshold, pad_tight=self.pad_tight, min_face=self.min_face)
         anonymizer = Anonymizer(self.method, threshold=self.threshold, seed=self.seed, detector=detector,
                                 exempt=self.exempt, paranoid=self.paranoid, **dict(self.params))
         anonymizer.config = self

@@ -15,6 +15,12 @@ Every front end (``identitydp anonymize``, ``identitydp batch``, the web UI) goe
 
 A crash between 4 and 5 leaves pending releases; the next job on the ledger settles them
 (:meth:`LedgerStore.recover`): released if the output exists, void if it does not.
+
+:meth:`Job.results` (what :meth:`Job.run` and the CLI use) reads ahead: while one photo is charged,
+anonymized and written, the next photo is decoded and its faces detected on a worker thread, so
+detection (OpenCV) and rendering (ONNX Runtime), which both release the GIL, overlap on two cores.
+Only decoding and detection move to the thread; the ledger, the draw and the write stay in order
+on the caller's thread.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -276,8 +283,7 @@ class Job:
         summary = JobSummary()
         t0 = time.perf_counter()
         stamps = []
-        for item in items:
-            result = self.run_item(item)
+        for result in self.results(items):
             stamps.append(time.perf_counter() - t0)
             summary.results.append(result)
             if progress is not None:
@@ -287,7 +293,55 @@ class Job:
         summary.timing = timing_from(stamps)
         return summary
 
-    def run_item(self, item: WorkItem, *, frame_progress: Callable[[int, int | None], None] | None = None) -> ItemResult:
+    def results(
+        self,
+        items: Iterable[WorkItem],
+        *,
+        frame_progress: Callable[[WorkItem], Callable[[int, int | None], None] | None] | None = None,
+        read_ahead: bool = True,
+    ) -> Iterator[ItemResult]:
+        """Process ``items`` in order and yield each one's :class:`ItemResult` as it is done.
+
+        With ``read_ahead`` the next photo is decoded and its faces detected on a worker thread
+        while the current one is anonymized and written (results, ledger and outputs are the same
+        as without it; at most one decoded photo is held ahead). ``frame_progress(item)`` may
+        return a per-frame callback for a video item (see :meth:`run_item`).
+        """
+        items = list(items)
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="identitydp-read-ahead") if read_ahead else None
+        ahead: dict[int, Future] = {}
+
+        def submit(k: int) -> None:
+            # Photo after photo only: a video's own detector thread already fills the second core.
+            if pool is not None and k < len(items) and self._reads_ahead(items[k]) and (k == 0 or self._reads_ahead(items[k - 1])):
+                ahead[k] = pool.submit(self._decode_and_detect, items[k])
+
+        try:
+            if pool is not None and any(self._reads_ahead(item) for item in items):
+                self.anonymizer  # built here, on this thread, before the worker needs its detector
+            submit(0)
+            for k, item in enumerate(items):
+                submit(k + 1)
+                callback = frame_progress(item) if frame_progress is not None else None
+                yield self.run_item(item, frame_progress=callback, _prefetched=ahead.pop(k, None))
+        finally:
+            for future in ahead.values():
+                future.cancel()
+            if pool is not None:
+                pool.shutdown(wait=True)
+
+    def _reads_ahead(self, item: WorkItem) -> bool:
+        return item.kind == "image" and (self.overwrite or not item.output.exists())
+
+    def _decode_and_detect(self, item: WorkItem):
+        """(decoded image, detections) of a photo: the part of an item that may run ahead on a thread."""
+        from ..io import read_image
+
+        loaded = read_image(item.source, max_pixels=self.max_pixels)
+        return loaded, self.anonymizer.detect(loaded.pixels)
+
+    def run_item(self, item: WorkItem, *, frame_progress: Callable[[int, int | None], None] | None = None,
+                 _prefetched: Future | None = None) -> ItemResult:
         """Process one item; errors become a ``failed`` result, budget refusals ``refused``."""
         t0 = time.perf_counter()
         folder = item.output.parent
@@ -300,7 +354,7 @@ class Job:
             elif item.kind == "video":
                 result = self._run_video(item, frame_progress)
             else:
-                result = self._run_image(item)
+                result = self._run_image(item, _prefetched)
         except BudgetExceededError as exc:
             result = ItemResult(item, "refused", f"{item.source}: {exc}; nothing written")
         except IdentityDPError as exc:
@@ -347,10 +401,11 @@ class Job:
 
         return record
 
-    def _run_image(self, item: WorkItem) -> ItemResult:
-        from ..io import read_image, write_image
+    def _run_image(self, item: WorkItem, prefetched: Future | None = None) -> ItemResult:
+        from ..io import write_image
 
-        loaded = read_image(item.source, max_pixels=self.max_pixels)
+        # The read-ahead worker's exception (an unreadable file, a detector error) is raised here.
+        loaded, detections = prefetched.result() if prefetched is not None else self._decode_and_detect(item)
         anonymizer = self.anonymizer
         ids: list[int] = []
         item_id = None
@@ -359,7 +414,6 @@ class Job:
                 return ItemResult(item, "skipped", f"{item.source} is an identitydp output (its hash is on the ledger)")
             digest = pixel_digest(loaded.pixels)
             item_id = self._item_id(digest, item)
-        detections = anonymizer.detect(loaded.pixels)
         matches = (anonymizer.exemptions.match(loaded.pixels, detections) if anonymizer.exemptions is not None
                    else [None] * len(detections))
         released = [i for i, m in enumerate(matches) if m is None]  # exempt faces are no release
