@@ -293,6 +293,8 @@ def test_config_round_trip_and_anonymizer_pickles():
     coarse = AnonymizerConfig.create("blur", min_face=40)
     assert AnonymizerConfig.from_json(coarse.to_json()) == coarse and coarse.build().detector.min_face == 40
     assert pickle.loads(pickle.dumps(coarse.build())).detector.min_face == 40  # what batch workers get
+    assert config.weights.get("identitydp_generator_int8") is not None  # the default runs the int8 renderer
+    assert "identitydp_generator_int8" not in AnonymizerConfig.create("identitydp", epsilon=1.0, precision="fp32").weights
     tampered = AnonymizerConfig.from_dict({**config.to_dict(), "weights": {**config.weights, "centerface": "0" * 64}})
     with pytest.raises(Exception, match="SHA-256"):
         tampered.build()

@@ -21,7 +21,7 @@ def face_and_anonymizers(bundled_faces):
     image = read_image(bundled_faces[0]).pixels
     faces = CenterFaceDetector().detect(image)
     assert len(faces) >= 1
-    fast = IdentityDPAnonymizer(epsilon=1.0, seed=5, backend="onnxruntime")
+    fast = IdentityDPAnonymizer(epsilon=1.0, seed=5, backend="onnxruntime", precision="fp32")
     assert fast.model is None and fast.dlib is None  # nothing of torch loaded for it
     slow = IdentityDPAnonymizer(epsilon=1.0, seed=5, backend="torch")
     return image, faces, fast, slow
@@ -38,6 +38,51 @@ def test_onnx_renders_what_torch_renders(face_and_anonymizers):
     a, b = fast.render(crops, identities), slow.render(crops, identities)
     diff = np.abs(a.astype(int) - b.astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 0.01  # float rounding at .5 only
+
+
+def test_int8_renderer_stays_close_to_fp32_on_a_real_face(face_and_anonymizers):
+    """The default on CPU is the int8 renderer quantized from the shipped weights; on a real face
+    its renderings stay within a few levels of fp32's (the evaluation compares the figures)."""
+    from identitydp.align import align_batch
+    from identitydp.generate.anonymizer import IdentityDPAnonymizer
+
+    image, faces, fast, _ = face_and_anonymizers
+    int8 = IdentityDPAnonymizer(epsilon=1.0, seed=5)
+    assert int8.describe()["precision"] == "int8" and fast.describe()["precision"] == "fp32"
+    crops = np.stack([a.crop for a in align_batch(image, faces.landmarks, fast.size, fast.margin)])
+    identities = np.random.default_rng(0).normal(size=(len(crops), 128))
+    identities /= np.linalg.norm(identities, axis=1, keepdims=True)
+    a, b = fast.render(crops, identities).astype(int), int8.render(crops, identities).astype(int)
+    diff = np.abs(a - b)
+    assert diff.mean() < 3.0 and np.percentile(diff, 99) < 16, (diff.mean(), np.percentile(diff, 99))
+    assert not np.array_equal(a, b)  # it really is another network
+
+
+def test_int8_renderer_of_other_weights_is_not_used(tmp_path):
+    """The int8 graph is tied to the weights it was quantized from: other weights run fp32 under
+    'auto' and are a loud error under 'int8'."""
+    import shutil
+
+    from identitydp.generate.anonymizer import IdentityDPAnonymizer
+    from identitydp.models.registry import weight_path
+    from safetensors.numpy import load_file, save_file
+    from safetensors import safe_open
+
+    src = weight_path("identitydp_generator")
+    with safe_open(str(src), "np") as f:
+        meta = f.metadata()
+    tensors = load_file(str(src))
+    first = sorted(tensors)[0]
+    tensors[first] = (tensors[first] * 0.5).astype(tensors[first].dtype)  # other weights, same architecture
+    other = tmp_path / "other.safetensors"
+    save_file(tensors, str(other), metadata=meta)
+    auto = IdentityDPAnonymizer(epsilon=1.0, seed=0, weights=other, backend="torch")
+    assert auto.describe()["precision"] == "fp32"
+    with pytest.raises(WeightsError, match="int8"):
+        IdentityDPAnonymizer(epsilon=1.0, seed=0, weights=other, precision="int8")
+    with pytest.raises(ValueError, match="precision"):
+        IdentityDPAnonymizer(epsilon=1.0, seed=0, precision="fp8")
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 def test_onnx_whole_pipeline_matches(face_and_anonymizers):
@@ -103,6 +148,8 @@ def test_graph_that_does_not_fit_the_weights_is_a_loud_error(tmp_path):
 @pytest.mark.parametrize("graph_name, index_name, weights_name, shapes", [
     ("identitydp_generator_onnx", "identitydp_generator_onnx_index", "identitydp_generator", {"x": (2, 3, 128, 128), "z": (2, 128)}),
     ("dlib_resnet_onnx", "dlib_resnet_onnx_index", "dlib_resnet", {"x": (2, 3, 150, 150)}),
+    ("identitydp_generator_int8_onnx", "identitydp_generator_int8_onnx_index", "identitydp_generator_int8",
+     {"x": (2, 3, 128, 128), "z": (2, 128)}),
 ])
 def test_sessions_do_not_read_our_initializers_after_building(graph_name, index_name, weights_name, shapes):
     """OnnxGraph drops its NumPy initializers once the session exists (~30 MB per network); that
@@ -119,7 +166,9 @@ def test_sessions_do_not_read_our_initializers_after_building(graph_name, index_
         feed["z"] /= np.linalg.norm(feed["z"], axis=1, keepdims=True)
     before = graph(**feed)
     for value in graph.initializers:
-        value.numpy()[...] = np.nan  # .numpy() of a CPU OrtValue is a view of the same buffer
-    assert np.isnan(graph.initializers[0].numpy()).all()  # the poison reached the buffer ORT was given
+        view = value.numpy()  # .numpy() of a CPU OrtValue is a view of the same buffer
+        view[...] = np.nan if view.dtype.kind == "f" else 7  # int8 weights and zero points: a wrong value
+    floats = [v.numpy() for v in graph.initializers if v.numpy().dtype.kind == "f"]
+    assert np.isnan(floats[0]).all()  # the poison reached the buffer ORT was given
     after = graph(**feed)
     assert np.isfinite(after).all() and np.array_equal(before, after)

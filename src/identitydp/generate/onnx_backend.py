@@ -3,6 +3,8 @@
 The committed graph (``identitydp_generator.graph.onnx``, from ``scripts/export_onnx.py``) holds
 no weights; :mod:`identitydp.models.onnx_graph` feeds it the generator's checksummed safetensors.
 Outputs equal torch's to ~1e-5 (``tests/test_onnx_backend.py`` checks it on a real face).
+:func:`load_int8_renderer` loads the same renderer with int8 convolutions
+(``scripts/quantize_renderer.py``; about 1.4x faster on a CPU, outputs ~2 levels of 255 from fp32).
 Nothing here imports torch.
 """
 
@@ -32,6 +34,11 @@ class OnnxRenderer:
         return self.graph(x=x, z=z)
 
 
+INT8_WEIGHTS_NAME = "identitydp_generator_int8"
+INT8_GRAPH_NAME = "identitydp_generator_int8_onnx"
+INT8_INDEX_NAME = "identitydp_generator_int8_onnx_index"
+
+
 def load_renderer(weights: str | Path, threads: int = 1, defer: bool = False) -> OnnxRenderer | None:
     """The registered renderer graph fed with ``weights``; ``None`` (logged) when ORT is missing
     or the graph was exported from other weights. ``defer``: build the ORT session on first use."""
@@ -39,4 +46,26 @@ def load_renderer(weights: str | Path, threads: int = 1, defer: bool = False) ->
     if graph is None:
         log.info("no ONNX Runtime renderer for %s: the renderer runs on torch", Path(weights).name)
         return None
+    return OnnxRenderer(graph)
+
+
+def load_int8_renderer(weights: str | Path, threads: int = 1, defer: bool = False) -> OnnxRenderer | None:
+    """The registered int8 renderer (``scripts/quantize_renderer.py``) if it was quantized from
+    ``weights`` (SHA-256 in its index), else ``None``; ORT missing: ``None`` as well.
+
+    Raises:
+        WeightsError: a registered int8 file is missing or corrupt (checksums).
+    """
+    import json
+
+    from ..models.onnx_graph import OnnxGraph, onnxruntime_available
+    from ..models.registry import registry, sha256_of, weight_path
+
+    if not onnxruntime_available() or INT8_INDEX_NAME not in registry():
+        return None
+    index = weight_path(INT8_INDEX_NAME)
+    if json.loads(index.read_text()).get("quantized_from_sha256") != sha256_of(Path(weights)):
+        log.info("the registered int8 renderer was quantized from other weights than %s: fp32 runs", Path(weights).name)
+        return None
+    graph = OnnxGraph(weight_path(INT8_GRAPH_NAME), index, weight_path(INT8_WEIGHTS_NAME), threads=threads, defer=defer)
     return OnnxRenderer(graph)

@@ -34,6 +34,10 @@ def _weights_for(method: str, params: Mapping[str, Any]) -> dict[str, str]:
         weights = params.get("weights")
         generator = weights if isinstance(weights, str) and weights in registry() else WEIGHTS_NAME
         names.append(generator)
+        if generator == WEIGHTS_NAME and params.get("precision", "auto") != "fp32":
+            from ..generate.onnx_backend import INT8_WEIGHTS_NAME
+
+            names.append(INT8_WEIGHTS_NAME)  # the int8 renderer quantized from it
         if params.get("projection") is True or (params.get("projection") is None and not params.get("keep")):
             names.append(PROJECTION_NAME)  # the default domain
         if params.get("keep"):

@@ -37,6 +37,7 @@ def build_initializer(tensors: dict[str, np.ndarray], recipe: str | dict) -> np.
     Args:
         tensors: the safetensors file as NumPy arrays.
         recipe: a tensor name (copy), or ``{"key": name, "dequantise": bool, "transpose": [axes]}``.
+            Floating tensors come back as float32, integer ones in their stored dtype.
 
     Raises:
         KeyError: a tensor the recipe names is not stored.
@@ -48,10 +49,14 @@ def build_initializer(tensors: dict[str, np.ndarray], recipe: str | dict) -> np.
         arr = tensors[f"{key}.q"].astype(np.float64) * tensors[f"{key}.scale"] + tensors[f"{key}.min"]
     else:
         arr = tensors[key]
-    arr = arr.astype(np.float32) if arr.dtype != np.float32 else arr
+    # Floats are widened to fp32 (fp16 storage); integer tensors (an int8 graph's weights, scales'
+    # zero points) go to ORT as they are stored.
+    if arr.dtype.kind == "f" and arr.dtype != np.float32:
+        arr = arr.astype(np.float32)
     if recipe.get("transpose"):
         arr = arr.transpose(recipe["transpose"])
-    return np.ascontiguousarray(arr)
+    # Not np.ascontiguousarray: it turns a 0-d tensor (an int8 graph's scale) into shape (1,).
+    return np.require(arr, requirements="C")
 
 
 class OnnxGraph:
