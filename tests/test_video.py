@@ -524,6 +524,14 @@ def test_cli_video(tmp_path, short_clip):
     # --render-every is the identitydp renderer's option: a clear error with another method.
     rc = cli_main(["anonymize", str(src), "-o", str(tmp_path / "x.mp4"), "--method", "blur", "--render-every", "2", "--quiet"])
     assert rc != 0 and not (tmp_path / "x.mp4").exists()
+    # --fast: detection and rendering on every third frame; an explicit value wins.
+    fast_report = tmp_path / "fast.json"
+    rc = cli_main(["anonymize", str(src), "-o", str(tmp_path / "fast.mp4"), "--fast", "--detect-every", "2",
+                   "--report", str(fast_report), "--quiet"])
+    assert rc == 0 and count_frames(tmp_path / "fast.mp4")[0] == short_clip.num_frames
+    (fast,) = json.loads(fast_report.read_text())["videos"]
+    assert '"render_every": 3' in fast_report.read_text()
+    assert fast["video_options"]["detect_every"] == 2
 
 
 def test_cli_videos_and_images_together(tmp_path, short_clip, lfw_images):
@@ -700,6 +708,15 @@ def test_identitydp_identity_consistent_along_tracks(sprites, detector):
     assert np.mean([x.mean() for x in w]) < between.mean()
     # The metric is sensitive: drawing a new identity per frame makes a track's faces drift apart.
     assert np.mean([x.mean() for x in w_pf]) > 2 * np.mean([x.mean() for x in w])
+
+
+def test_min_face_with_detection_every_third_frame_leaks_nothing(sprites):
+    """--fast --min-face 40 on faces of 60 px (two crossing): detection at 0.6 scale on every third
+    frame still covers every face in every frame."""
+    clip = _scenario("crossing", sprites)
+    coarse = CenterFaceDetector(pad_tight=False, min_face=40)
+    stats, _, _ = run_clip(clip, Anonymizer("blur", detector=coarse), detect_every=3)
+    assert stats.checked > 100 and stats.leaks_any == 0, stats.examples
 
 
 @pytest.mark.parametrize("scenario", ["crossing", "hidden_shrunk"])

@@ -515,6 +515,8 @@ class Job:
             ledger.settle(ids, "released", frames=spans, notes=notes)
         data = report.to_json()
         data["config"] = self.config.fingerprint
+        data["video_options"] = {"detect_every": self.video.detect_every, "max_missing": self.video.max_missing,
+                                 "lookback": self.video.lookback, "audio": self.video.audio}
         if track_keys:
             data["ledger_keys"] = {str(t): k for t, k in track_keys.items()}
         eps = 0.0
