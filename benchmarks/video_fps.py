@@ -1,15 +1,16 @@
 """Video speed benchmark (issue 7): frames/s on a 20 s 1280×720 clip with 3 moving LFW faces.
 
 Runs `identitydp` video anonymization (blur, and identitydp) with detection on every frame and on
-every 3rd frame, and the `deface` CLI (its blur) on the same clip. Each figure is end-to-end wall
+every 3rd frame (identitydp also rendering every 3rd frame: what `--fast` sets), the last of these
+again with the detector's `--min-face 40`, and the `deface` CLI (its blur) on the same clip. Each figure is end-to-end wall
 time (decode, detect, track, anonymize, encode, audio copy) divided by the number of frames.
 
 The clip is composed from LFW faces (tests/clipgen.py) and written under cache/ (not committed).
-Without a registered trained generator, identitydp runs a randomly initialised generator of the
-shipped architecture: the timing is that of the real network, the faces are not meaningful.
+identitydp runs the registered generator at its default precision (int8 on ONNX Runtime); without a
+registered one, a randomly initialised generator of the shipped architecture (timing only).
 
 Usage: nice python benchmarks/video_fps.py [--seconds 20] [--threads 1] [--skip-deface]
-       [--methods blur,identitydp] [--out docs/results/video_fps.json]
+       [--methods blur,identitydp] [--min-face 40] [--out docs/results/video_fps.json]
 """
 
 from __future__ import annotations
@@ -102,9 +103,9 @@ def _cpu(who) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_ours(clip: Path, out: Path, method: str, detect_every: int, threads: int, params: dict) -> dict:
+def run_ours(clip: Path, out: Path, method: str, detect_every: int, threads: int, params: dict, min_face: int = 0) -> dict:
     """One end-to-end run of our video path; ``params`` are the method's (render_every for identitydp)."""
-    detector = CenterFaceDetector(pad_tight=False)
+    detector = CenterFaceDetector(pad_tight=False, min_face=min_face or None)
     anonymizer = Anonymizer(method, detector=detector, seed=0, **params)
     if out.exists():
         out.unlink()
@@ -116,6 +117,8 @@ def run_ours(clip: Path, out: Path, method: str, detect_every: int, threads: int
         "method": method,
         "detect_every": detect_every,
         **({"render_every": params.get("render_every", 1)} if method == "identitydp" else {}),
+        "min_face": min_face or None,
+        **({"precision": anonymizer.method.describe()["precision"]} if method == "identitydp" else {}),
         "frames": report.frames,
         "seconds": round(wall, 2),
         "fps": round(report.frames / wall, 2),
@@ -165,6 +168,8 @@ def main() -> None:
     ap.add_argument("--render-every", default="1,3",
                     help="identitydp: render each track every R frames (runs every --detect-every with R = 1, and R > 1 "
                          "with the largest --detect-every; default 1,3)")
+    ap.add_argument("--min-face", default="40",
+                    help="also run the last setting of each method with the detector's --min-face PX (comma list; 0: none)")
     ap.add_argument("--skip-deface", action="store_true")
     ap.add_argument("--cache", default=str(REPO / "cache" / "video_bench"))
     ap.add_argument("--out", default=str(REPO / "docs" / "results" / "video_fps.json"))
@@ -207,19 +212,21 @@ def main() -> None:
             weights, kind = identitydp_weights(cache)
             params = {"epsilon": 2.0, "weights": str(weights)}
         detect_everys = [int(v) for v in args.detect_every.split(",")]
-        settings = [(k, 1) for k in detect_everys]
+        settings = [(k, 1, 0) for k in detect_everys]
         if method == "identitydp":
-            settings += [(max(detect_everys), int(r)) for r in args.render_every.split(",") if int(r) > 1]
-        for k, render_every in settings:
+            settings += [(max(detect_everys), int(r), 0) for r in args.render_every.split(",") if int(r) > 1]
+        settings += [(settings[-1][0], settings[-1][1], int(m)) for m in args.min_face.split(",") if int(m) > 0]
+        for k, render_every, min_face in settings:
             load = os.getloadavg()[0]
             run_params = {**params, "render_every": render_every} if method == "identitydp" else params
-            suffix = f"_render{render_every}" if render_every > 1 else ""
-            r = run_ours(clip, cache / f"out_{method}_every{k}{suffix}.mp4", method, k, args.threads, run_params)
+            suffix = (f"_render{render_every}" if render_every > 1 else "") + (f"_minface{min_face}" if min_face else "")
+            r = run_ours(clip, cache / f"out_{method}_every{k}{suffix}.mp4", method, k, args.threads, run_params, min_face)
             r["loadavg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
             if method == "identitydp":
                 r["generator"] = kind
             res["runs"].append(r)
-            what = f"detect every {k}" + (f", render every {render_every}" if render_every > 1 else "")
+            what = f"detect every {k}" + (f", render every {render_every}" if render_every > 1 else "") + (
+                f", min face {min_face} px" if min_face else "")
             print(f"identitydp {method:>10} {what}: {r['fps']:6.2f} frames/s  ({r['seconds']} s; {r['fps_per_cpu_second']} frames per CPU-second; {r['tracks']} tracks)")
     res["machine"]["loadavg_end"] = list(os.getloadavg())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
