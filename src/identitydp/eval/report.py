@@ -416,6 +416,21 @@ def _write_frontier(res: RunResults) -> Path:
     return path
 
 
+def _wrap_label(draw, text: str, width: int) -> list[str]:
+    """A setting label broken after its separators (``:``, ``;``, ``,``) into lines of at most
+    ``width`` pixels, so that long settings do not run over the first sample."""
+    import re
+
+    words = [w for w in re.split(r"(?<=[:;,])", text) if w]
+    lines: list[str] = []
+    for word in words:
+        if lines and draw.textlength(lines[-1] + word) <= width:
+            lines[-1] += word
+        else:
+            lines.append(word.strip())
+    return lines
+
+
 def _write_samples(res: RunResults) -> Path | None:
     """One row per setting (label, then its strip of faces); 256-colour PNG to stay small."""
     from PIL import Image, ImageDraw
@@ -441,7 +456,10 @@ def _write_samples(res: RunResults) -> Path | None:
     y = pad
     for s, img in rows:
         canvas.paste(img, (label_w, y))
-        draw.text((6, y + img.height // 2 - 6), s, fill="black")
+        lines = _wrap_label(draw, s, label_w - 10)
+        top = y + img.height // 2 - 6 * len(lines)
+        for k, line in enumerate(lines):
+            draw.text((6, top + 12 * k), line, fill="black")
         y += img.height + pad
     path = res.run_dir / "samples.png"
     canvas.quantize(256, dither=Image.Dither.FLOYDSTEINBERG).save(path, optimize=True)
