@@ -63,6 +63,11 @@ class MethodRunner:
         """Detect and anonymize ``images`` as a user would; returns timing (see :func:`_timing`)."""
         raise NotImplementedError
 
+    def describe(self) -> dict:
+        """What actually ran, with the defaults the setting left out (recorded with the results,
+        so that a setting string keeps its meaning when a default changes)."""
+        return {"method": self.setting.method, **self.setting.kwargs()}
+
 
 class NoopRunner(MethodRunner):
     """The identity: returns the image unchanged (sanity anchor: everything is re-identified)."""
@@ -104,6 +109,13 @@ class PipelineRunner(MethodRunner):
         self._params = setting.kwargs()
         self._anon = Anonymizer(setting.method, threshold=threshold, seed=seed, **self._params)
         self._again = None
+
+    def describe(self) -> dict:
+        describe = getattr(self._anon.method, "describe", None)
+        resolved = describe() if callable(describe) else super().describe()
+        if self._anon.config is not None:  # the weights' checksums, as a batch job records them
+            resolved = {**resolved, "weights": dict(self._anon.config.weights)}
+        return resolved
 
     def _fresh(self, seed: int):
         from ..pipeline import Anonymizer

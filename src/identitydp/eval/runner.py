@@ -662,6 +662,7 @@ class EvalRun:
             lines += self._attacks(setting, runner, anon, L)
         lines += self._diversity(setting, runner, L)
         lines += self._speed(runner, L)
+        lines.append(L("configuration", None, None, None, resolved=runner.describe()))
         lines.append(L("ms_anonymize_in_run", 1000.0 * float(np.sum(anon_s)) / max(1, faces), faces, None,
                        note="method time per face during the main loop (detections given)"))
         mem = peak_rss_mib()
