@@ -318,7 +318,10 @@ class Job:
 
         try:
             if pool is not None and any(self._reads_ahead(item) for item in items):
-                self.anonymizer  # built here, on this thread, before the worker needs its detector
+                try:
+                    self.anonymizer  # built here, on this thread, before the worker needs its detector
+                except IdentityDPError:
+                    pass  # raised again per item, inside run_item: each becomes a "failed" result, as without read-ahead
             submit(0)
             for k, item in enumerate(items):
                 submit(k + 1)
