@@ -341,12 +341,26 @@ def _param_names(keys: list[str]) -> list[str]:
     return names
 
 
+#: The parameter a method's frontier curve runs along; settings that differ in anything else
+#: (the noise domain, the renderer's precision, kept attributes) are curves of their own.
+_CURVE_KNOB = {"identitydp": "epsilon", "dp-pix": "epsilon", "blur": "sigma", "pixelate": "blocks"}
+
+
 def _curves(res: RunResults) -> dict[str, list[str]]:
     curves: dict[str, list[str]] = {}
     for s in res.settings:
-        m, _ = res.method_of(s)
-        curves.setdefault(m, []).append(s)
-    return curves
+        m, params = res.method_of(s)
+        fixed = ", ".join(f"{k}={v}" for k, v in sorted(params.items()) if k != _CURVE_KNOB.get(m))
+        curves.setdefault(f"{m} [{fixed}]" if fixed else m, []).append(s)
+
+    def along(key: str) -> float:
+        value = res.method_of(key)[1].get(_CURVE_KNOB.get(res.method_of(key)[0], ""))
+        try:
+            return float(value)  # "inf" too
+        except (TypeError, ValueError):
+            return 0.0
+
+    return {name: sorted(keys, key=along) for name, keys in curves.items()}
 
 
 def _write_frontier(res: RunResults) -> Path:
@@ -374,13 +388,15 @@ def _write_frontier(res: RunResults) -> Path:
                         continue
                     xs.append(100 * x)
                     ys.append(100 * y if pct else y)
-                    labels.append(_value_label(s))
+                    knob_value = res.method_of(s)[1].get(_CURVE_KNOB.get(res.method_of(s)[0], ""))
+                    labels.append(str(knob_value) if knob_value is not None else _value_label(s))
                     w = worst_attack_rank1(res, s, judge)
                     worst.append(None if w is None else 100 * w)
                 if not xs:
                     continue
                 color = colors[k % len(colors)]
-                names = _param_names(keys)
+                knob = _CURVE_KNOB.get(res.method_of(keys[0])[0])
+                names = [n for n in _param_names(keys) if n == knob] or _param_names(keys)
                 legend = f"{method} ({', '.join(names)})" if names and len(xs) > 1 else method
                 ax.plot(xs, ys, marker=markers[k % len(markers)], color=color, label=legend, lw=1.5 if len(xs) > 1 else 0, ms=7)
                 for x, y, w in zip(xs, ys, worst):
