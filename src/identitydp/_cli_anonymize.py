@@ -113,7 +113,7 @@ def add_method_arguments(p) -> None:
                    help="identitydp: release these attributes of the identity as they are, NOT private (gender, age, or "
                         "gender,age); the noise goes on the rest; each face's kept values go to the ledger")
     p.add_argument("--precision", choices=["auto", "int8", "fp32"],
-                   help="identitydp renderer arithmetic on the CPU: int8 convolutions (auto, the default: ~1.4x faster, "
+                   help="identitydp renderer arithmetic on the CPU: int8 convolutions (auto, the default: ~1.4x faster on a VNNI CPU, "
                         "renderings ~2 levels of 255 from fp32, same evaluation figures) or fp32")
     p.add_argument("--no-geometry", action="store_true", help=argparse.SUPPRESS)  # the default since 0.1; kept for old scripts
     p.add_argument("--sigma", type=bounded_float(0, 1, low_open=True), help="blur σ as a fraction of the face size, in (0, 1] (default 0.1)")

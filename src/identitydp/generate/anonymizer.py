@@ -153,7 +153,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         precision: v1 renderer arithmetic on ONNX Runtime: ``"auto"`` (default: int8
             convolutions where ``scripts/quantize_renderer.py`` quantized the weights in use,
             else fp32), ``"int8"`` (required: a clear error otherwise) or ``"fp32"``. int8 is
-            ~1.4x faster on a CPU; its renderings are ~2 levels of 255 from fp32 on average, and
+            ~1.4x faster on our test CPU (AVX-512 VNNI; less without VNNI); its renderings are ~2 levels of 255 from fp32 on average, and
             the privacy and utility figures of the evaluation are within their noise of fp32's
             (docs/results/lfw300-int8).
 

@@ -4,7 +4,7 @@ The committed graph (``identitydp_generator.graph.onnx``, from ``scripts/export_
 no weights; :mod:`identitydp.models.onnx_graph` feeds it the generator's checksummed safetensors.
 Outputs equal torch's to ~1e-5 (``tests/test_onnx_backend.py`` checks it on a real face).
 :func:`load_int8_renderer` loads the same renderer with int8 convolutions
-(``scripts/quantize_renderer.py``; about 1.4x faster on a CPU, outputs ~2 levels of 255 from fp32).
+(``scripts/quantize_renderer.py``; about 1.4x faster on a VNNI CPU, outputs ~2 levels of 255 from fp32).
 Nothing here imports torch.
 """
 
