@@ -346,6 +346,12 @@ def _param_names(keys: list[str]) -> list[str]:
 _CURVE_KNOB = {"identitydp": "epsilon", "dp-pix": "epsilon", "blur": "sigma", "pixelate": "blocks"}
 
 
+def _knob_value(res: RunResults, key: str):
+    """The value of the parameter a setting's curve runs along (None if it has none)."""
+    method, params = res.method_of(key)
+    return params.get(_CURVE_KNOB.get(method, ""))
+
+
 def _curves(res: RunResults) -> dict[str, list[str]]:
     curves: dict[str, list[str]] = {}
     for s in res.settings:
@@ -354,9 +360,8 @@ def _curves(res: RunResults) -> dict[str, list[str]]:
         curves.setdefault(f"{m} [{fixed}]" if fixed else m, []).append(s)
 
     def along(key: str) -> float:
-        value = res.method_of(key)[1].get(_CURVE_KNOB.get(res.method_of(key)[0], ""))
         try:
-            return float(value)  # "inf" too
+            return float(_knob_value(res, key))  # "inf" too
         except (TypeError, ValueError):
             return 0.0
 
@@ -388,7 +393,7 @@ def _write_frontier(res: RunResults) -> Path:
                         continue
                     xs.append(100 * x)
                     ys.append(100 * y if pct else y)
-                    knob_value = res.method_of(s)[1].get(_CURVE_KNOB.get(res.method_of(s)[0], ""))
+                    knob_value = _knob_value(res, s)
                     labels.append(str(knob_value) if knob_value is not None else _value_label(s))
                     w = worst_attack_rank1(res, s, judge)
                     worst.append(None if w is None else 100 * w)

@@ -56,16 +56,13 @@ def load_int8_renderer(weights: str | Path, threads: int = 1, defer: bool = Fals
     Raises:
         WeightsError: a registered int8 file is missing or corrupt (checksums).
     """
-    import json
+    from ..models.registry import registry, weight_path
 
-    from ..models.onnx_graph import OnnxGraph, onnxruntime_available
-    from ..models.registry import registry, sha256_of, weight_path
-
-    if not onnxruntime_available() or INT8_INDEX_NAME not in registry():
+    if INT8_WEIGHTS_NAME not in registry():
         return None
-    index = weight_path(INT8_INDEX_NAME)
-    if json.loads(index.read_text()).get("quantized_from_sha256") != sha256_of(Path(weights)):
-        log.info("the registered int8 renderer was quantized from other weights than %s: fp32 runs", Path(weights).name)
+    graph = load_registered(INT8_GRAPH_NAME, INT8_INDEX_NAME, weights, threads=threads, defer=defer,
+                            runs=weight_path(INT8_WEIGHTS_NAME), tied_by="quantized_from_sha256")
+    if graph is None:
+        log.info("no int8 renderer quantized from %s: fp32 runs", Path(weights).name)
         return None
-    graph = OnnxGraph(weight_path(INT8_GRAPH_NAME), index, weight_path(INT8_WEIGHTS_NAME), threads=threads, defer=defer)
     return OnnxRenderer(graph)

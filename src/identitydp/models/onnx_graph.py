@@ -155,18 +155,23 @@ class OnnxGraph:
 
 
 def load_registered(graph_name: str, index_name: str, weights: str | Path, threads: int = 1,
-                    defer: bool = False) -> OnnxGraph | None:
-    """A registered graph for ``weights``, or ``None`` when ORT is not installed or the graph was
-    exported from other weights (the caller then runs torch).
+                    defer: bool = False, *, runs: str | Path | None = None,
+                    tied_by: str = "weights_sha256") -> OnnxGraph | None:
+    """A registered graph for ``weights``, or ``None`` when ORT is not installed, the graph is not
+    registered, or its index's ``tied_by`` checksum is not that of ``weights`` (the caller then
+    runs another path). ``runs``: the safetensors the graph is fed (default ``weights``; the int8
+    renderer runs its own file, tied to the fp32 weights by ``quantized_from_sha256``).
 
     Raises:
         WeightsError: a registered graph or index file is missing or corrupt (checksums).
     """
     if not onnxruntime_available():
         return None
-    from .registry import sha256_of, weight_path
+    from .registry import registry, sha256_of, weight_path
 
-    graph, index = weight_path(graph_name), weight_path(index_name)
-    if json.loads(index.read_text()).get("weights_sha256") != sha256_of(Path(weights)):
+    if graph_name not in registry() or index_name not in registry():
         return None
-    return OnnxGraph(graph, index, weights, threads=threads, defer=defer)
+    graph, index = weight_path(graph_name), weight_path(index_name)
+    if json.loads(index.read_text()).get(tied_by) != sha256_of(Path(weights)):
+        return None
+    return OnnxGraph(graph, index, weights if runs is None else runs, threads=threads, defer=defer)
