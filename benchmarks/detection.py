@@ -85,14 +85,15 @@ def main() -> None:
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     cv2.setNumThreads(args.threads)
-    det = CenterFaceDetector()
-    no_coarse = CenterFaceDetector(coarse_side=0)
+    det = CenterFaceDetector(threads=args.threads)
+    no_coarse = CenterFaceDetector(coarse_side=0, threads=args.threads)
     lfw = sorted((DATA / "lfw" / "lfw-deepfunneled").glob("*/*.jpg"))
     utk = sorted((DATA / "train" / "utkface").glob("*.jpg"))
     out = Path(args.out)
     res: dict = json.loads(out.read_text()) if out.is_file() and parts != {"lfw", "utkface", "scene", "sweep"} else {}
     res["load_average_1min_at_start"] = round(os.getloadavg()[0], 2)  # the ms figures depend on it
-    res.update({"threads": args.threads, "detector": {"threshold": det.threshold, "max_side": det.max_side, "coarse_side": det.coarse_side}})
+    res.update({"threads": args.threads, "detector": {"threshold": det.threshold, "max_side": det.max_side, "coarse_side": det.coarse_side,
+                                                      "runtime": "onnxruntime"}})
     if "lfw" in parts:
         res["lfw_recall"] = recall(det, lfw[: args.n], "LFW")
         print(f"LFW recall (first {args.n}):             {res['lfw_recall']:.2%}")

@@ -197,24 +197,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _register(files: list[tuple[str, Path, str]]) -> None:
-    from identitydp.models.registry import sha256_of
+    from identitydp.models.registry import register_entries, sha256_of
 
-    reg_path = WEIGHTS / "registry.json"
-    entries = json.loads(reg_path.read_text())
-    new = {}
-    for name, path, what in files:
-        new[name] = {
-            "name": name,
-            "filename": path.name,
-            "sha256": sha256_of(path),
-            "source": f"exported by scripts/export_onnx.py (torch {torch.__version__}, opset {OPSET}); holds no weights",
-            "origin": f"this project: the computation graph of {what}",
-            "license": "MIT (this project); the weights it runs keep their own licence",
-            "rebuild": "python scripts/export_onnx.py (pip install -e '.[export]')",
-        }
-    entries = [new.pop(e["name"], e) for e in entries] + list(new.values())
-    reg_path.write_text(json.dumps(entries, indent=2, ensure_ascii=False) + "\n")
-
+    register_entries([
+        {"name": name, "filename": path.name, "sha256": sha256_of(path),
+         "source": f"exported by scripts/export_onnx.py (torch {torch.__version__}, opset {OPSET}); holds no weights",
+         "origin": f"this project: the computation graph of {what}",
+         "license": "MIT (this project); the weights it runs keep their own licence",
+         "rebuild": "python scripts/export_onnx.py (pip install -e '.[export]')"}
+        for name, path, what in files
+    ])
 
 if __name__ == "__main__":
     sys.exit(main())

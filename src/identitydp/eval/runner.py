@@ -123,10 +123,11 @@ def _detector_namespace() -> str:
     import hashlib
 
     from .. import detect
-    from ..detect import centerface_path
+    from ..models.registry import registry
 
     h = hashlib.sha1(Path(detect.__file__).read_bytes())
-    h.update(centerface_path().read_bytes())
+    for name in ("centerface", "centerface_onnx"):  # the weights and the graph that runs them
+        h.update(registry()[name].sha256.encode())
     return f"centerface-t{LOW_THRESHOLD}-{h.hexdigest()[:10]}"
 
 

@@ -78,18 +78,6 @@ def _read_generator_header(path: Path) -> tuple[dict, np.ndarray]:
         return meta, fh.get_tensor("id_mean")
 
 
-def _default_threads() -> int:
-    """Threads for ORT: torch's setting when torch is already loaded (the CLI's --threads sets
-    both), else OMP_NUM_THREADS, else every core."""
-    import os
-    import sys
-
-    if "torch" in sys.modules:
-        return int(sys.modules["torch"].get_num_threads())
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    return int(env) if env.isdigit() and int(env) > 0 else max(1, os.cpu_count() or 1)
-
-
 class IdentityDPAnonymizer(FaceAnonymizer):
     """ε-IdentityDP face anonymizer.
 
@@ -294,9 +282,10 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         """Renderer and dlib on ONNX Runtime (no torch import); leaves ``_onnx`` None if unavailable.
         ``int8``: the int8 renderer where one was quantized from these weights (sets ``precision``)."""
         from ..models.dlib_onnx import DlibOnnxEncoder
+        from ..models.onnx_graph import default_threads
         from .onnx_backend import load_int8_renderer, load_renderer
 
-        threads = _default_threads()
+        threads = default_threads()
         # Checksums, and whether the registered graphs were exported from these weights, are
         # checked here; the initializers and ORT sessions (~0.5 s together) are built on a
         # thread, so that they load while the detector runs on the first image.

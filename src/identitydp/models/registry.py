@@ -103,6 +103,23 @@ def weight_path(name: str) -> Path:
     raise WeightsError(f"weights {name!r} ({entry.filename}) not found in {searched}; {entry.rebuild}")
 
 
+def register_entries(entries: list[dict]) -> None:
+    """Write registry entries (for the scripts that make weight files): an entry replaces the one
+    of the same name in place, new names go at the end. Each entry needs every
+    :class:`WeightFile` field."""
+    fields = set(WeightFile.__dataclass_fields__)
+    new = {}
+    for entry in entries:
+        if set(entry) - fields or {f for f in fields if f != "rebuild"} - set(entry):
+            raise ValueError(f"registry entry {entry.get('name')!r} must have the fields {sorted(fields)}")
+        new[entry["name"]] = {f: entry[f] for f in WeightFile.__dataclass_fields__ if f in entry}
+    current = json.loads(_REGISTRY_JSON.read_text())
+    merged = [new.pop(e["name"], e) for e in current] + list(new.values())
+    _REGISTRY_JSON.write_text(json.dumps(merged, indent=2, ensure_ascii=False) + "\n")
+    registry.cache_clear()
+    weight_path.cache_clear()
+
+
 def load_tensors(name: str, device: str = "cpu") -> dict:
     """Load a registered safetensors file as a dict of tensors (checksum verified)."""
     from safetensors.torch import load_file
