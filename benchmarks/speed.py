@@ -19,6 +19,9 @@ reads its latest figures from docs/results/video_fps.json into the summary.
 The machine's load average is recorded before and after; run it on a quiet machine
 (pause training: ``kill -STOP <pid>``).
 
+Ratios: of the medians, and the median of the per-round ratios (each round runs the three tools
+back to back, which cancels the machine's slow drifts; the spread is reported too).
+
 Usage: python benchmarks/speed.py [--repeats 3] [--skip-deface] [--out docs/results/speed.json]
 """
 
@@ -139,6 +142,11 @@ def folder_runs(photos: list[Path], repeats: int, skip_deface: bool, env: dict) 
         for tool in ("identitydp", "identitydp_blur"):
             result[tool]["wall_vs_deface"] = round(result[tool]["wall_s"] / result["deface"]["wall_s"], 3)
             result[tool]["cpu_vs_deface"] = round(result[tool]["cpu_s"] / result["deface"]["cpu_s"], 3)
+            # Each round runs the three tools back to back: the ratio within a round cancels the
+            # slow drifts of a shared machine's speed (run to run, whole runs here vary by ±15 %).
+            paired = sorted(a["wall_s"] / b["wall_s"] for a, b in zip(tools[tool], tools["deface"]))
+            result[tool]["paired_wall_vs_deface"] = {"median": round(statistics.median(paired), 3),
+                                                     "min": round(paired[0], 3), "max": round(paired[-1], 3)}
     result["cold_start_one_photo"] = {**median_of(cold), "photo": photos[2].name, "faces": FACES_PER_PHOTO[2]}
     return result
 
@@ -187,7 +195,7 @@ def stage_times(photos: list[Path], threads: int) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     ms = {k: round(1000 * statistics.median(r[k] for r in rows), 1) for k in rows[0]}
     ms["total_stages"] = round(sum(v for k, v in ms.items() if k != "pipeline_anonymize_check"), 1)
-    return {"photo": photo.name, "faces": len(det), "threads": threads, "ms": ms,
+    return {"photo": photo.name, "faces": len(det), "threads": threads, "detector_threads": anonymizer.detector.threads, "ms": ms,
             "renderer": method.describe().get("renderer"), "backend": method.describe().get("backend"),
             "mirror_fusion": method.mirror_fusion}
 
@@ -227,14 +235,17 @@ def main() -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"\n{'tool':18s} {'wall s':>8s} {'cpu s':>8s} {'peak MB':>8s} {'wall/deface':>12s}")
+    print(f"\n{'tool':18s} {'wall s':>8s} {'cpu s':>8s} {'peak MB':>8s} {'wall/deface':>12s} {'paired (min-max)':>18s}")
     for tool in ("identitydp", "identitydp_blur", "deface"):
         if tool in folder:
             r = folder[tool]
-            print(f"{tool:18s} {r['wall_s']:8.2f} {r['cpu_s']:8.2f} {r['peak_mb']:8.0f} {r.get('wall_vs_deface', 1.0):12.2f}")
+            p = r.get("paired_wall_vs_deface")
+            paired = f"{p['median']:.2f} ({p['min']:.2f}-{p['max']:.2f})" if p else ""
+            print(f"{tool:18s} {r['wall_s']:8.2f} {r['cpu_s']:8.2f} {r['peak_mb']:8.0f} {r.get('wall_vs_deface', 1.0):12.2f} {paired:>18s}")
     c = folder["cold_start_one_photo"]
     print(f"cold start, one photo ({c['faces']} faces): {c['wall_s']:.2f} s wall, {c['peak_mb']:.0f} MB")
-    print(f"stages, one photo ({stages['faces']} faces, warm, {stages['threads']} threads), ms: "
+    print(f"stages, one photo ({stages['faces']} faces, warm, {stages['threads']} threads, detector on "
+          f"{stages['detector_threads']} as jobs run it beside the renderer), ms: "
           + ", ".join(f"{k} {v}" for k, v in stages["ms"].items()))
     print(f"load average {load_before[0]:.2f} -> {load_after[0]:.2f}; wrote {args.out}")
     _plot(result, args.out.with_suffix(".png"))

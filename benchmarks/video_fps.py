@@ -6,6 +6,9 @@ again with the detector's `--min-face 40`, and the `deface` CLI (its blur) on th
 time (decode, detect, track, anonymize, encode, audio copy) divided by the number of frames.
 
 The clip is composed from LFW faces (tests/clipgen.py) and written under cache/ (not committed).
+Leak frames are counted on every output, after its timing: frames in which a face that shows is
+still the input's (mean |output − input| over its inner box under 4 levels of 255, both decoded
+from the files; re-encoding alone moves a face by ~1 level, reported as ``codec_floor``).
 identitydp runs the registered generator at its default precision (int8 on ONNX Runtime); without a
 registered one, a randomly initialised generator of the shipped architecture (timing only).
 
@@ -34,8 +37,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from clipgen import Clip, FaceSpec, load_sprites, write_clip  # noqa: E402
 
-from identitydp import Anonymizer  # noqa: E402
 from identitydp.detect import CenterFaceDetector  # noqa: E402
+from identitydp.jobs import AnonymizerConfig  # noqa: E402
 from identitydp.video import anonymize_video, count_frames, probe_video  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -62,10 +65,9 @@ def wander(x0, y0, vx, vy, size, phase, seed):
     return script
 
 
-def make_clip(path: Path, seconds: float, detector) -> tuple[Path, int]:
+def compose(seconds: float, detector) -> Clip:
+    """The benchmark's clip (deterministic), with its per-frame ground truth."""
     n = int(round(seconds * float(FPS)))
-    if path.exists() and count_frames(path)[0] == n:
-        return path, n
     lfw = sorted((DATA / "lfw" / "lfw-deepfunneled").glob("*/*.jpg"))
     sprites = load_sprites(lfw, 3, detector, start=1000)
     faces = [
@@ -73,10 +75,61 @@ def make_clip(path: Path, seconds: float, detector) -> tuple[Path, int]:
         FaceSpec(sprites[1], wander(900, 400, -1.8, -0.6, 110, 1.0, 2), name="b"),
         FaceSpec(sprites[2], wander(640, 560, 1.2, -1.1, 80, 2.0, 3), name="c"),
     ]
-    clip = Clip(H, W, n, faces, fps=FPS, seed=11)
+    return Clip(H, W, n, faces, fps=FPS, seed=11)
+
+
+def make_clip(path: Path, clip: Clip) -> tuple[Path, int]:
+    n = clip.num_frames
+    if path.exists() and count_frames(path)[0] == n:
+        return path, n
     path.parent.mkdir(parents=True, exist_ok=True)
     write_clip(path, (f for f, _ in clip.frames()), FPS, n, crf=20)
     return path, n
+
+
+#: Mean |output - input| (0..255 levels, decoded frames) under which a visible face counts as
+#: left as it was. Re-encoding alone moves an untouched face by ~1 level (``codec_floor`` in the
+#: results: the same measure on a face-free strip of the frame); blur and rendering by far more.
+LEAK_MAD = 4.0
+
+
+def leak_frames(clip: Clip, source: Path, output: Path) -> dict:
+    """Frames of ``output`` in which a face of ``clip`` that shows (>= 60 % of its inner 70 % box
+    visible) is still the input's: mean |output - input| over its visible inner pixels below
+    :data:`LEAK_MAD`, both decoded from the files as a viewer would."""
+    import av
+
+    def inner(box, frac=0.7):  # the central 70 % of the face box, as the tests' leak check uses
+        cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+        hw, hh = (box[2] - box[0]) * frac / 2, (box[3] - box[1]) * frac / 2
+        return (max(0, int(np.floor(cx - hw))), max(0, int(np.floor(cy - hh))),
+                min(W, int(np.ceil(cx + hw))), min(H, int(np.ceil(cy + hh))))
+
+    leaks, checked, mads, floor, examples = set(), 0, [], [], []
+    with av.open(str(source)) as a, av.open(str(output)) as b:
+        frames = zip(a.decode(video=0), b.decode(video=0))
+        for t, (fa, fb) in enumerate(frames):
+            orig, out = fa.to_ndarray(format="rgb24"), fb.to_ndarray(format="rgb24")
+            _, truths = clip.render(t)
+            diff = np.abs(out.astype(np.int16) - orig.astype(np.int16)).mean(axis=2)
+            floor.append(float(diff[:40, :].mean()))  # the top strip: background only (faces stay below y = 80)
+            for gt in truths:
+                x0, y0, x1, y1 = inner(gt.box)
+                vis = gt.visible[y0:y1, x0:x1]
+                if x1 <= x0 or y1 <= y0 or vis.sum() < 0.6 * (x1 - x0) * (y1 - y0):
+                    continue
+                checked += 1
+                mad = float(diff[y0:y1, x0:x1][vis].mean())
+                mads.append(mad)
+                if mad < LEAK_MAD:
+                    leaks.add(t)
+                    if len(examples) < 10:
+                        examples.append({"frame": t, "face": gt.face, "mad": round(mad, 2)})
+    return {"leak_frames": len(leaks), "face_frames_checked": checked, "threshold_mad": LEAK_MAD,
+            "min_mad": round(min(mads), 2) if mads else None,
+            "p1_mad": round(float(np.percentile(mads, 1)), 2) if mads else None,
+            "codec_floor_mad_median": round(float(np.median(floor)), 2) if floor else None,
+            "examples": examples}
 
 
 def identitydp_weights(cache: Path):
@@ -105,8 +158,8 @@ def _cpu(who) -> float:
 
 def run_ours(clip: Path, out: Path, method: str, detect_every: int, threads: int, params: dict, min_face: int = 0) -> dict:
     """One end-to-end run of our video path; ``params`` are the method's (render_every for identitydp)."""
-    detector = CenterFaceDetector(pad_tight=False, min_face=min_face or None)
-    anonymizer = Anonymizer(method, detector=detector, seed=0, **params)
+    # Built as the CLI builds it (the job layer's configuration: detector threads, precision).
+    anonymizer = AnonymizerConfig.create(method, seed=0, pad_tight=False, min_face=min_face or None, **params).build()
     if out.exists():
         out.unlink()
     t0, c0 = time.perf_counter(), _cpu(resource.RUSAGE_SELF)
@@ -182,7 +235,8 @@ def main() -> None:
     except ImportError:
         pass
     cache = Path(args.cache)
-    clip, n = make_clip(cache / f"clip_720p_3faces_{int(args.seconds)}s.mp4", args.seconds, CenterFaceDetector(pad_tight=False))
+    composed = compose(args.seconds, CenterFaceDetector(pad_tight=False))
+    clip, n = make_clip(cache / f"clip_720p_3faces_{int(args.seconds)}s.mp4", composed)
     info = probe_video(clip)
     res: dict = {
         "clip": {"width": info.width, "height": info.height, "fps": float(info.fps), "frames": n, "faces": 3, "audio": info.audio_codecs,
@@ -205,7 +259,9 @@ def main() -> None:
         if "error" in r:
             print(f"deface failed: {r['error']}")
         else:
-            print(f"deface     blur       detect every 1: {r['fps']:6.2f} frames/s  ({r['seconds']} s; {r['fps_per_cpu_second']} frames per CPU-second)")
+            r["leaks"] = leak_frames(composed, clip, cache / "out_deface.mp4")
+            print(f"deface     blur       detect every 1: {r['fps']:6.2f} frames/s  ({r['seconds']} s; {r['fps_per_cpu_second']} frames per CPU-second; "
+                  f"{r['leaks']['leak_frames']} leak frames)")
     for method in [m for m in args.methods.split(",") if m]:
         params: dict = {}
         if method == "identitydp":
@@ -220,14 +276,17 @@ def main() -> None:
             load = os.getloadavg()[0]
             run_params = {**params, "render_every": render_every} if method == "identitydp" else params
             suffix = (f"_render{render_every}" if render_every > 1 else "") + (f"_minface{min_face}" if min_face else "")
-            r = run_ours(clip, cache / f"out_{method}_every{k}{suffix}.mp4", method, k, args.threads, run_params, min_face)
+            out = cache / f"out_{method}_every{k}{suffix}.mp4"
+            r = run_ours(clip, out, method, k, args.threads, run_params, min_face)
             r["loadavg_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
+            r["leaks"] = leak_frames(composed, clip, out)  # after the timing: not part of it
             if method == "identitydp":
                 r["generator"] = kind
             res["runs"].append(r)
             what = f"detect every {k}" + (f", render every {render_every}" if render_every > 1 else "") + (
                 f", min face {min_face} px" if min_face else "")
-            print(f"identitydp {method:>10} {what}: {r['fps']:6.2f} frames/s  ({r['seconds']} s; {r['fps_per_cpu_second']} frames per CPU-second; {r['tracks']} tracks)")
+            print(f"identitydp {method:>10} {what}: {r['fps']:6.2f} frames/s  ({r['seconds']} s; {r['fps_per_cpu_second']} frames per CPU-second; {r['tracks']} tracks; "
+                  f"{r['leaks']['leak_frames']} leak frames, min MAD {r['leaks']['min_mad']})")
     res["machine"]["loadavg_end"] = list(os.getloadavg())
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")

@@ -233,6 +233,20 @@ def test_min_face_finds_every_face_of_that_size_in_a_720p_frame(lfw_images):
             CenterFaceDetector(min_face=bad)
 
 
+def test_detector_thread_count_does_not_change_the_faces(lfw_images):
+    """The job layer runs CenterFace on half the cores: one ORT thread and two find the same faces
+    (to float rounding); a bad thread count is refused."""
+    scene, truth = compose_scene(lfw_images[40:], [30, 40, 60, 90, 120, 160], canvas=(720, 1280), seed=5)
+    one = CenterFaceDetector(threads=1).detect(scene)
+    two = CenterFaceDetector(threads=2).detect(scene)
+    assert len(one) == len(two) >= len(truth) - 1
+    np.testing.assert_allclose(one.boxes, two.boxes, atol=0.05)
+    np.testing.assert_allclose(one.scores, two.scores, atol=1e-4)
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="threads"):
+            CenterFaceDetector(threads=bad)
+
+
 @pytest.mark.parametrize("fraction", [0.85, 0.95])
 def test_detects_close_ups(detector, lfw_images, fraction):
     """A face filling most of a 1512×2016 frame (a portrait, a selfie) is found, by the close-up

@@ -46,10 +46,15 @@ def _threads_per_worker(workers: int) -> int:
 
 
 def _set_threads(n: int) -> None:
-    import cv2
-    import torch
+    """A worker's share of the cores for ONNX Runtime (read when sessions are built), OpenCV and,
+    if something loaded it, torch (not imported for this: the default path never needs it)."""
+    import sys
 
-    torch.set_num_threads(n)
+    import cv2
+
+    os.environ["OMP_NUM_THREADS"] = str(n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
     cv2.setNumThreads(n)
 
 
