@@ -195,11 +195,11 @@ def load_registered(graph_name: str, index_name: str, weights: str | Path, threa
     """
     if not onnxruntime_available():
         return None
-    from .registry import registry, sha256_of, weight_path
+    from .registry import registry, weight_path, weights_sha256
 
     if graph_name not in registry() or index_name not in registry():
         return None
     graph, index = weight_path(graph_name), weight_path(index_name)
-    if json.loads(index.read_text()).get(tied_by) != sha256_of(Path(weights)):
+    if json.loads(index.read_text()).get(tied_by) != weights_sha256(Path(weights)):
         return None
     return OnnxGraph(graph, index, weights if runs is None else runs, threads=threads, defer=defer)

@@ -78,6 +78,19 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def weights_sha256(path: Path) -> str:
+    """:func:`sha256_of` for weight files, computed once per process for a file of the same path,
+    size and modification time (a weight file is checked by its loader and again where a graph's
+    index is tied to it: ~15 MB hashed twice at every start otherwise). Not for user files."""
+    st = Path(path).stat()
+    return _weights_sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=64)
+def _weights_sha256(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_of(Path(path))
+
+
 @lru_cache(maxsize=None)
 def weight_path(name: str) -> Path:
     """Locate a registered weight file and verify its checksum.
@@ -92,7 +105,7 @@ def weight_path(name: str) -> Path:
     for folder in _search_dirs():
         path = folder / entry.filename
         if path.is_file():
-            actual = sha256_of(path)
+            actual = weights_sha256(path)
             if actual != entry.sha256:
                 raise WeightsError(
                     f"weights {name!r} at {path} are corrupt or from another version: "
