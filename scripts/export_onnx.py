@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _onnx_export import mark_external
+
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "src" / "identitydp" / "weights"
 PREFIX = "m."
@@ -61,20 +63,13 @@ def _export(module: torch.nn.Module, inputs: tuple, input_names: list[str], dyna
 
 def _strip(graph, recipes: dict[str, object], prefix: str = "") -> dict[str, object]:
     """Mark the initializers fed from safetensors as external (no data); returns name -> recipe."""
-    import onnx
-
     mapping = {}
     for init in graph.graph.initializer:
         key = init.name[len(prefix):] if init.name.startswith(prefix) else None
         if key not in recipes:
             continue  # a constant of the graph itself (shapes, input means): stays inline
         mapping[init.name] = recipes[key]
-        init.ClearField("raw_data")
-        init.ClearField("float_data")
-        init.data_location = onnx.TensorProto.EXTERNAL
-        del init.external_data[:]
-        entry = init.external_data.add()
-        entry.key, entry.value = "location", "weights-come-from-safetensors"
+        mark_external(init)
     graph.producer_name = "identitydp scripts/export_onnx.py"
     return mapping
 

@@ -42,6 +42,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from _onnx_export import mark_external
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "src" / "identitydp" / "weights"
@@ -124,7 +125,6 @@ def quantize(model, feeds: list[tuple[np.ndarray, np.ndarray]]):
 
 def split(model) -> tuple[object, dict[str, np.ndarray]]:
     """Move every initializer out of the graph: (weight-free graph, name -> array)."""
-    import onnx
     from onnx import numpy_helper
 
     tensors = {}
@@ -135,12 +135,7 @@ def split(model) -> tuple[object, dict[str, np.ndarray]]:
         if arr.dtype == np.float32 and np.array_equal(arr.astype(np.float16).astype(np.float32), arr):
             arr = arr.astype(np.float16)
         tensors[init.name] = arr
-        for field in ("raw_data", "float_data", "int32_data", "int64_data"):
-            init.ClearField(field)
-        init.data_location = onnx.TensorProto.EXTERNAL
-        del init.external_data[:]
-        entry = init.external_data.add()
-        entry.key, entry.value = "location", "weights-come-from-safetensors"
+        mark_external(init)
     model.producer_name = "identitydp scripts/quantize_renderer.py"
     # Sorted, so that the file's bytes (its SHA-256) do not depend on the quantizer's dict order.
     return model, dict(sorted(tensors.items()))
