@@ -280,6 +280,20 @@ def test_read_ahead_changes_nothing_but_the_timing(tmp_path, photos):
             assert np.array_equal(*pixels), a.item.source.name  # seeded: the same draws, the same faces
 
 
+def test_detector_threads_follow_what_runs_beside_it(tmp_path, photos, monkeypatch):
+    """IdentityDP: a folder's detector runs on the read-ahead thread beside the renderer and gets
+    half the cores; a lone photo's has nothing beside it and gets them all; blur's always all."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    config = AnonymizerConfig.create("identitydp", epsilon=1.0, seed=1)
+    one = sorted(photos.iterdir())[:1]
+    for inputs, expected in (([photos], 1), (one, 2)):
+        with Job(config, ledger=tmp_path / f"l{expected}.sqlite") as job:
+            results = list(job.results(plan_job(inputs, tmp_path / f"out{expected}").items))
+            assert {r.status for r in results} == {"done"}
+            assert job.detector.threads == expected and job.anonymizer.detector is job.detector
+    assert AnonymizerConfig.create("blur").build_detector().threads == 2
+
+
 def test_config_round_trip_and_anonymizer_pickles():
     from identitydp import Anonymizer
 

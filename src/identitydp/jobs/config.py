@@ -179,9 +179,13 @@ class AnonymizerConfig:
                     f"{sha[:12]}…: install the same identitydp version on every worker"
                 )
 
-    def build_detector(self):
+    def build_detector(self, threads: int | None = None):
         """The face detector this describes, alone (a job starts detecting with it while the
         method's models load).
+
+        Args:
+            threads: ONNX Runtime threads; default: half the cores for IdentityDP, whose renderer
+                runs beside the detector, every core for the other methods.
 
         Raises:
             ConfigError: the installed weights differ from the recorded ones.
@@ -196,9 +200,10 @@ class AnonymizerConfig:
         # ~0.3-0.8 more CPU-s on the ten-photo benchmark folder for no shorter wall time. The
         # classical methods cost next to nothing, so there detection takes every core (video
         # blur is detector-bound: a 1-thread detector made it ~10 % slower).
-        threads = default_threads()
-        if self.method == "identitydp":
-            threads = max(1, threads // 2)
+        if threads is None:
+            threads = default_threads()
+            if self.method == "identitydp":
+                threads = max(1, threads // 2)
         return CenterFaceDetector(threshold=self.threshold, pad_tight=self.pad_tight, min_face=self.min_face,
                                   threads=threads)
 
