@@ -3,6 +3,8 @@ convert_centerface): how an initializer is emptied and marked as fed from safete
 
 from __future__ import annotations
 
+from pathlib import Path
+
 #: The external-data location written into every emptied initializer: no file has this name, so
 #: ONNX Runtime fails loudly if the weights were not handed over.
 EXTERNAL_LOCATION = "weights-come-from-safetensors"
@@ -19,3 +21,13 @@ def mark_external(init) -> None:
     del init.external_data[:]
     entry = init.external_data.add()
     entry.key, entry.value = "location", EXTERNAL_LOCATION
+
+
+def index_head(graph_path: Path, weights_path: Path) -> dict:
+    """The keys every graph index starts with: its format, the graph and weights file names, and
+    the weights' SHA-256 (what :func:`identitydp.models.onnx_graph.load_registered` checks)."""
+    from identitydp.models.onnx_graph import INDEX_FORMAT
+    from identitydp.models.registry import sha256_of
+
+    return {"format": INDEX_FORMAT, "graph": graph_path.name, "weights": weights_path.name,
+            "weights_sha256": sha256_of(weights_path)}

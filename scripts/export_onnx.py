@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _onnx_export import mark_external
+from _onnx_export import index_head, mark_external
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "src" / "identitydp" / "weights"
@@ -78,15 +78,10 @@ def _write(name: str, graph, mapping: dict, weights: Path, inputs: dict, outputs
     import onnx
     import onnxruntime as ort
 
-    from identitydp.models.registry import sha256_of
-
     graph_path, index_path = WEIGHTS / f"{name}.graph.onnx", WEIGHTS / f"{name}.onnx.json"
     graph_path.write_bytes(graph.SerializeToString())
     index = {
-        "format": "identitydp-onnx-index-v1",
-        "graph": graph_path.name,
-        "weights": weights.name,
-        "weights_sha256": sha256_of(weights),
+        **index_head(graph_path, weights),
         "initializers": mapping,
         "inputs": inputs,
         "outputs": outputs,
