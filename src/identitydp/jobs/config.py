@@ -218,8 +218,10 @@ class AnonymizerConfig:
         """
         from ..pipeline import Anonymizer
 
-        self.check_weights()
-        detector = detector if detector is not None else self.build_detector()
+        if detector is None:
+            detector = self.build_detector()  # checks the weights
+        else:
+            self.check_weights()
         anonymizer = Anonymizer(self.method, threshold=self.threshold, seed=self.seed, detector=detector,
                                 exempt=self.exempt, paranoid=self.paranoid, **dict(self.params))
         anonymizer.config = self
