@@ -287,3 +287,18 @@ def test_larger_convex_region_and_shape_model(real_crop, tmp_path) -> None:
     loaded, _, _ = load_generator(path)
     assert loaded.cfg.shape_components == 4 and loaded.cfg.mask_convex
     assert np.allclose(loaded.sketch_geometry(lm68), reduced, atol=1e-3)
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path) -> None:
+    from identitydp.training.inpaint import cpu_has_native_bf16
+
+    def flags(text: str) -> Path:
+        path = tmp_path / "cpuinfo"
+        path.write_text(f"processor\t: 0\nflags\t\t: {text}\n\nprocessor\t: 1\nflags\t\t: {text}\n")
+        return path
+
+    assert cpu_has_native_bf16(flags("fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni"))
+    assert cpu_has_native_bf16(flags("fpu avx512f amx_tile amx_bf16"))
+    # AVX-512 without bf16: oneDNN would emulate it, slower than fp32.
+    assert not cpu_has_native_bf16(flags("fpu sse2 avx2 avx512f avx512bw avx512vl"))
+    assert not cpu_has_native_bf16(tmp_path / "absent")

@@ -73,6 +73,23 @@ from .state import flip_theta, load_full_state, save_full_state
 log = logging.getLogger("identitydp.training")
 
 
+def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether this CPU does bf16 arithmetic in hardware (AVX512-BF16 or AMX-BF16 flags).
+
+    oneDNN also "supports" bf16 on plain AVX-512 by emulation, which is slower than fp32, so the
+    capability PyTorch reports is not the test. Off Linux (no ``/proc/cpuinfo``) this says False.
+    """
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.partition(":")[2].split())
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
 def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -230,12 +247,20 @@ class InpaintTrainer:
         resolved["torch"] = torch.__version__
         resolved["device_name"] = torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
         resolved["threads"] = torch.get_num_threads()
+        resolved["bf16"] = self.bf16
         resolved["bundle_meta"] = self.data.meta
         (self.out / "config.json").write_text(json.dumps(resolved, indent=2))
 
     def _autocast(self):
-        on = self.cfg.amp == "bf16" or (self.cfg.amp == "auto" and self.cuda)
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    @property
+    def bf16(self) -> bool:
+        """Whether the forward passes run under bf16 autocast (``--amp``; auto = on CUDA, and on
+        CPUs with native bf16 arithmetic, where it trained 1.4x faster on one thread here)."""
+        if self.cfg.amp == "auto":
+            return self.cuda or (self.device.type == "cpu" and cpu_has_native_bf16())
+        return self.cfg.amp == "bf16"
 
     # ------------------------------------------------------------------ identity
     @torch.no_grad()

@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr-d", type=float, default=d.lr_d)
     for name in ("adv", "l1", "perc", "id"):
         parser.add_argument(f"--w-{name}", type=float, default=getattr(d, f"w_{name}"), help=f"weight of the {name} loss")
-    parser.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "off"], help="bf16 autocast: auto = on CUDA only")
+    parser.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "off"], help="bf16 autocast: auto = on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX)")
     for name in ("self", "pair", "swap", "noisy"):
         parser.add_argument(f"--p-{name}", type=float, default=getattr(d, f"p_{name}"), help=f"share of {name} identity sources")
     parser.add_argument("--ema", type=float, default=d.ema)
