@@ -302,3 +302,25 @@ def test_native_bf16_is_read_from_the_cpu_flags(tmp_path) -> None:
     # AVX-512 without bf16: oneDNN would emulate it, slower than fp32.
     assert not cpu_has_native_bf16(flags("fpu sse2 avx2 avx512f avx512bw avx512vl"))
     assert not cpu_has_native_bf16(tmp_path / "absent")
+
+
+def test_training_projection_noise_matches_the_shipped_mechanism() -> None:
+    """The trainer's projection-noise identities have the distribution the default mechanism
+    releases (same mean cosine to the input at a fixed ε), unit norm, inside the decoded ball."""
+    from identitydp.generate.anonymizer import PROJECTION_NAME
+    from identitydp.generate.identity import laplace_projection_noise
+    from identitydp.models.registry import weight_path
+    from identitydp.privacy import Projection, ReproducibleRNG, make_mechanism
+
+    proj = Projection.load(weight_path(PROJECTION_NAME))
+    rng = np.random.default_rng(0)
+    z = proj.to_embeddings(proj.clip(rng.standard_normal((2000, proj.k))))  # identities of the public subspace
+    g = torch.Generator().manual_seed(0)
+    for eps in (4.0, 64.0):
+        ours, drawn = laplace_projection_noise(torch.from_numpy(z), proj, g, epsilon_range=(eps, eps))
+        assert torch.allclose(drawn, torch.full_like(drawn, eps))
+        assert torch.allclose(ours.norm(dim=1), torch.ones(len(z), dtype=ours.dtype))
+        released = make_mechanism("laplace", epsilon=eps, domain=proj, rng=ReproducibleRNG(1)).perturb(z).embeddings
+        cos_ours = float((ours.numpy() * z).sum(1).mean())
+        cos_mech = float((np.asarray(released) * z).sum(1).mean())
+        assert abs(cos_ours - cos_mech) < 0.03, (eps, cos_ours, cos_mech)

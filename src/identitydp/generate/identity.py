@@ -153,3 +153,44 @@ def laplace_sphere_noise(z: torch.Tensor, generator: torch.Generator | None = No
     u = torch.rand(n, d, device=z.device, generator=generator).clamp(1e-6, 1 - 1e-6) - 0.5
     lap = -torch.sign(u) * torch.log1p(-2 * u.abs())
     return F.normalize(z + lap * scale[:, None], dim=1), ratio
+
+
+def laplace_projection_noise(z: torch.Tensor, projection, generator: torch.Generator | None = None,
+                             epsilon_range: tuple[float, float] = (0.25, 256.0)) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training-time noisy identities as the shipped projection mechanism releases them.
+
+    The default release (:class:`identitydp.privacy.Projection` with the Laplace mechanism) is
+    not a noisy point of the sphere but a point of a k-dimensional whitened ball decoded back to
+    R^d; at small ε it lies on the ball's edge, an extreme combination of the top principal
+    directions that :func:`laplace_sphere_noise` never produces. The renderer must have seen
+    those. Per row: whiten and clip to the ball, add Laplace noise with scale ``2R√k / ε`` (the
+    mechanism's L1 sensitivity) for ε drawn log-uniformly from ``epsilon_range``, clip again and
+    decode (no DP guarantee is needed here; only the output distribution matters).
+
+    Args:
+        z: (N, d) unit vectors (centred descriptors, the projection's input space).
+        projection: a :class:`identitydp.privacy.Projection` (public mean (d,), components (k, d),
+            scales (k,), radius R).
+
+    Returns:
+        (noisy (N, d) unit vectors, ε (N,)).
+    """
+    n = z.shape[0]
+    dev, dtype = z.device, z.dtype
+    mean = torch.as_tensor(projection.mean, dtype=dtype, device=dev)
+    comps = torch.as_tensor(projection.components, dtype=dtype, device=dev)
+    scales = torch.as_tensor(projection.scales, dtype=dtype, device=dev)
+    radius = float(projection.radius)
+    k = comps.shape[0]
+
+    def clip(y: torch.Tensor) -> torch.Tensor:
+        return y * (radius / y.norm(dim=1, keepdim=True).clamp_min(radius))
+
+    y = clip(((z - mean) @ comps.T) / scales)
+    lo, hi = math.log(epsilon_range[0]), math.log(epsilon_range[1])
+    eps = torch.exp(lo + (hi - lo) * torch.rand(n, device=dev, generator=generator))
+    b = 2 * radius * math.sqrt(k) / eps
+    u = torch.rand(n, k, device=dev, generator=generator).clamp(1e-6, 1 - 1e-6) - 0.5
+    lap = -torch.sign(u) * torch.log1p(-2 * u.abs())
+    y = clip(y + lap * b[:, None])
+    return F.normalize(mean + (y * scales) @ comps, dim=1), eps

@@ -10,8 +10,9 @@ erased, the renderer repaints it from the context, the landmark sketch, the coar
 identity vector, and the composite is judged. The identity source of each face is, at random:
 its own identity (``self``: the only case with a pixel target), another photo of the same CelebA
 person (``pair``: pixel target at half weight, the identity of a different photo), another face
-(``swap``), or its own identity with Laplace-shaped noise of random strength (``noisy``: what the
-DP mechanisms produce).
+(``swap``), or its own identity with noise of random strength (``noisy``: what the DP mechanisms
+produce; ``--noisy-projection`` of them drawn exactly as the default projection mechanism releases
+them at ε from 0.25 to 256, the rest as Laplace noise on the sphere).
 
 Losses (weights in :class:`~identitydp.training.options.InpaintTrainConfig`):
 
@@ -27,7 +28,7 @@ stay independent judges for the evaluation (``identitydp eval``).
 
 Run folder (``--out``), at most 8 files so that it can come back from a remote machine:
 ``config.json``, ``log.jsonl``, ``samples_*.png`` (last ``--keep-samples``; rows: target | input
-the renderer sees | self | swap | noisy), ``ckpt_fp16.safetensors`` (G, EMA G and D in fp16: what
+the renderer sees | self | swap | noisy | the default release at ε = 1), ``ckpt_fp16.safetensors`` (G, EMA G and D in fp16: what
 the next run needs to continue, ``--init``), ``generator_fp16.safetensors`` (the shippable EMA
 renderer). ``--full-ckpt`` (default ``OUT/ckpt_full.safetensors``) holds fp32 weights + Adam
 state for exact resumption (``--resume``).
@@ -62,6 +63,7 @@ from ..generate.identity import (
     crop_to_template_matrices,
     degrade,
     jitter_theta,
+    laplace_projection_noise,
     laplace_sphere_noise,
     resample,
     warp_theta,
@@ -187,6 +189,16 @@ class InpaintTrainer:
         self.id_mean = raw[~self.data.heldout].mean(0)
         self.z = centre(raw, self.id_mean)
         self.event("embeddings", seconds=round(time.time() - t0, 1))
+
+        # The shipped default domain (public, fitted on training embeddings): noisy identities
+        # are also drawn as its mechanism releases them, so the renderer sees what it will get.
+        self.projection = None
+        if cfg.noisy_projection > 0 and cfg.p_noisy > 0:
+            from ..generate.anonymizer import PROJECTION_NAME
+            from ..models.registry import weight_path
+            from ..privacy import Projection
+
+            self.projection = Projection.load(weight_path(PROJECTION_NAME))
 
         self.net_cfg = InpaintConfig(size=cfg.size, **cfg.net)
         self.G = InpaintGenerator(self.net_cfg).to(self.device, memory_format=self.memory_format)
@@ -340,6 +352,10 @@ class InpaintTrainer:
         other = self.train_idx[torch.randint(len(self.train_idx), (b,), device=dev, generator=self.gen)]
         z_self = self.z[idx]
         z_noisy, _ = laplace_sphere_noise(z_self, self.gen)
+        if self.projection is not None:
+            z_proj, _ = laplace_projection_noise(z_self, self.projection, self.gen)
+            as_proj = torch.rand(b, device=dev, generator=self.gen) < c.noisy_projection
+            z_noisy = torch.where(as_proj[:, None], z_proj, z_noisy)
         z = torch.where(swap[:, None], self.z[other], z_self)
         z = torch.where(pair[:, None], self.z[partner], z)
         z = torch.where(noisy[:, None], z_noisy, z)
@@ -422,8 +438,11 @@ class InpaintTrainer:
         g = torch.Generator(device=self.device)
         g.manual_seed(1234)
         z_n, _ = laplace_sphere_noise(z_t, g, ratio_range=(3.0, 3.0))
+        sources = [("self", z_t), ("swap", z_t[perm]), ("noisy", z_n)]
+        if self.projection is not None:  # what the default setting (projection, ε = 1) releases
+            sources.append(("eps1", laplace_projection_noise(z_t, self.projection, g, epsilon_range=(1.0, 1.0))[0]))
         outs = {}
-        for name, zz in (("self", z_t), ("swap", z_t[perm]), ("noisy", z_n)):
+        for name, zz in sources:
             ys = []
             for s in range(0, n, 32):
                 gg = torch.Generator(device=self.device)
@@ -454,7 +473,8 @@ class InpaintTrainer:
 
     @torch.no_grad()
     def write_samples(self, columns: int = 8) -> Path:
-        """PNG grid, rows: original | what the renderer sees | self | swap | noisy identity."""
+        """PNG grid, rows: original | what the renderer sees | self | swap | noisy identity (sphere)
+        | the default release at ε = 1 (when the projection is loaded)."""
         from PIL import Image
 
         if self._last_eval_outputs is None:
@@ -463,6 +483,8 @@ class InpaintTrainer:
         k = min(columns, len(x))
         seen = x[:k] * (1 - m[:k]) + m[:k] * (sk[:k, :3] * 2 - 1).clamp(-1, 1)
         rows = [x[:k], seen, outs["self"][:k], outs["swap"][:k], outs["noisy"][:k]]
+        if "eps1" in outs:
+            rows.append(outs["eps1"][:k])
         grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)
         img = to_pixels(grid).clamp(0, 255).round().byte().permute(1, 2, 0).cpu().numpy()
         path = self.out / f"samples_{self.step:06d}.png"

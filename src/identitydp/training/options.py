@@ -30,6 +30,7 @@ class InpaintTrainConfig:
     p_pair: float = 0.15
     p_swap: float = 0.2
     p_noisy: float = 0.2
+    noisy_projection: float = 0.5
     ema: float = 0.998
     seed: int = 0
     threads: int = 0
@@ -65,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "off"], help="bf16 autocast: auto = on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX)")
     for name in ("self", "pair", "swap", "noisy"):
         parser.add_argument(f"--p-{name}", type=float, default=getattr(d, f"p_{name}"), help=f"share of {name} identity sources")
+    parser.add_argument("--noisy-projection", type=float, default=d.noisy_projection,
+                        help="of the noisy identities, the share drawn as the default projection mechanism releases "
+                             "them (the rest: Laplace noise on the sphere)")
     parser.add_argument("--ema", type=float, default=d.ema)
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--limit", type=int, default=d.limit, help="use only this many training faces (tests)")
