@@ -13,8 +13,8 @@
 # Chain from the committed checkpoint (docs/training/…/ckpt_fp16.safetensors) with
 #   scripts/train_gpu.sh $OUT 9 --init PATH
 # Defaults here: BUNDLE = .data/v2_256.npz if present (256-px crops), else .data/v2_128.npz (128 px),
-# batch 32, the GPU channel widths below (NET; the CPU run uses narrower ones, so chaining a CPU
-# checkpoint needs NET set to its widths), bf16 autocast. COMPILE=--compile adds torch.compile
+# batch 32, the GPU channel widths below for a fresh run (NET; a run chained with --init or
+# --resume takes its checkpoint's own network), bf16 autocast. COMPILE=--compile adds torch.compile
 # (off by default: its first-step compile costs minutes of a short window).
 set -euo pipefail
 OUT=${1:?usage: scripts/train_gpu.sh OUTDIR [MINUTES] [options]}
@@ -27,6 +27,8 @@ fi
 PY=${PYTHON:-python3}
 # Train at the bundle's own resolution unless told otherwise (an upsampled bundle only looks sharp).
 SIZE=${SIZE:-$(case "$BUNDLE" in *256*) echo 256;; *) echo 128;; esac)}
+# A chained run (--init / --resume) keeps its checkpoint's own network unless NET says otherwise.
+case " $* " in *" --init "*|*" --resume "*) NET=${NET:-'{}'} ;; esac
 NET=${NET:-'{"channels": [32, 64, 128, 256, 256, 256, 256, 256]}'}
 # Tests on a CPU: DEVICE=cpu SIZE=128 BATCH=4 NET='{}' COMPILE= BUNDLE=... scripts/train_gpu.sh OUT 1
 COMPILE=${COMPILE:-}

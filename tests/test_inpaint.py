@@ -165,9 +165,14 @@ def test_v2_training_steps_and_checkpoint_chain(v2_trained) -> None:
     for a, b in ((t.G, again.G), (t.D, again.D), (t.G_ema, again.G_ema)):
         for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
             assert torch.equal(va, vb), k
-    # The compact fp16 checkpoint chains into a new run (what a GPU window starts from).
-    chained = InpaintTrainer(InpaintTrainConfig(**{**t.cfg.__dict__, "out": str(t.out / "next"),
+    # The compact fp16 checkpoint chains into a new run (what a GPU window starts from); with no
+    # --net given, the run takes the checkpoint's own network.
+    chained = InpaintTrainer(InpaintTrainConfig(**{**t.cfg.__dict__, "out": str(t.out / "next"), "net": {},
                                                    "init": str(t.out / "ckpt_fp16.safetensors")}))
+    assert chained.net_cfg == t.net_cfg
+    with pytest.raises(ValueError, match="trained at"):
+        InpaintTrainer(InpaintTrainConfig(**{**t.cfg.__dict__, "out": str(t.out / "other"), "net": {},
+                                             "size": 2 * t.cfg.size, "resume": str(t.full_ckpt)}))
     assert chained.step == t.step
     for (k, va), vb in zip(t.D.state_dict().items(), chained.D.state_dict().values()):
         if va.is_floating_point():

@@ -200,7 +200,7 @@ class InpaintTrainer:
 
             self.projection = Projection.load(weight_path(PROJECTION_NAME))
 
-        self.net_cfg = InpaintConfig(size=cfg.size, **cfg.net)
+        self.net_cfg = InpaintConfig(size=cfg.size, **_network_options(cfg))
         self.G = InpaintGenerator(self.net_cfg).to(self.device, memory_format=self.memory_format)
         self.D = MaskedPatchDiscriminator(self.net_cfg).to(self.device, memory_format=self.memory_format)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
@@ -637,6 +637,33 @@ class InpaintTrainer:
                    wall_s=round(time.time() - self.start_time, 1))
         self._log_file.close()
         return final
+
+
+def stored_network(path: str | Path) -> dict | None:
+    """The network config a training checkpoint was written with (its ``net`` metadata), or None."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as fh:
+        raw = (fh.metadata() or {}).get("net")
+    return None if raw is None else json.loads(raw)
+
+
+def _network_options(cfg: InpaintTrainConfig) -> dict:
+    """``--net`` without its size; when no ``--net`` is given, a ``--resume`` / ``--init`` run
+    takes the checkpoint's own network, so that continuing a run needs only the checkpoint."""
+    net = dict(cfg.net)
+    source = cfg.resume or cfg.init
+    if not net and source:
+        stored = stored_network(source)
+        if stored is not None:
+            net = stored
+            if int(net.get("size", cfg.size)) != cfg.size:
+                raise ValueError(f"{source} was trained at {net['size']} px; pass --size {net['size']} "
+                                 f"(or --net to change the network)")
+    size = net.pop("size", cfg.size)
+    if int(size) != cfg.size:
+        raise ValueError(f"--net says size {size} but --size is {cfg.size}")
+    return net
 
 
 def _load_matching(module: torch.nn.Module, state: dict) -> None:

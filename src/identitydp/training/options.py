@@ -84,7 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", default=d.init, help="start from a ckpt_fp16.safetensors (G, D, EMA; fresh Adam): chains GPU runs")
     parser.add_argument("--judge", default=d.judge, help="independent judge for the quick evaluation ('' disables)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the generator and discriminator (CUDA)")
-    parser.add_argument("--net", default="{}", help="JSON overrides of the network config, e.g. '{\"channels\": [...]}'")
+    parser.add_argument("--net", default="{}", help="JSON overrides of the network config, e.g. '{\"channels\": [...]}' "
+                        "(default: the --resume / --init checkpoint's own network, else the defaults)")
     parser.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: leave as is)")
 
 
