@@ -18,6 +18,7 @@ from identitydp.generate.inpaint import (
     generator_input,
     inner_face_mask,
     landmark_sketch,
+    mask_for,
 )
 
 SMALL = {"channels": [8, 16, 32, 32, 32, 32, 32]}
@@ -329,3 +330,18 @@ def test_training_projection_noise_matches_the_shipped_mechanism() -> None:
         cos_ours = float((ours.numpy() * z).sum(1).mean())
         cos_mech = float((np.asarray(released) * z).sum(1).mean())
         assert abs(cos_ours - cos_mech) < 0.03, (eps, cos_ours, cos_mech)
+
+
+def test_training_sharpness_ratio_on_real_crops(real_crop) -> None:
+    """1 for the photo itself, far below for a blurred copy, inside the repainted region."""
+    import cv2
+
+    from identitydp.training.inpaint import sharpness_ratio
+
+    crop, lm68 = real_crop
+    mask = mask_for(InpaintConfig(size=crop.shape[0]), lm68)
+    x = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 127.5 - 1
+    blurred = torch.from_numpy(cv2.GaussianBlur(crop, (0, 0), 2.0)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    m = torch.from_numpy(mask)[None, None]
+    assert sharpness_ratio(x, x, m) == pytest.approx(1.0)
+    assert sharpness_ratio(blurred, x, m) < 0.3

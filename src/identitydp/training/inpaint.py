@@ -92,6 +92,28 @@ def cpu_has_native_bf16(cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return False
 
 
+def sharpness_ratio(images: torch.Tensor, reference: torch.Tensor, mask: torch.Tensor, sigma: float = 1.5) -> float:
+    """Fine detail of renderings relative to the photos, inside the repainted region.
+
+    The high-frequency energy Σ (g − GaussianBlur(g, σ))² of the grey image ``g``, summed over the
+    mask, of ``images`` divided by that of ``reference`` (the eval's sharpness ratio, measured on
+    the training crops: 1 = as much fine detail as the photos, a blur is far below).
+
+    Args:
+        images, reference: (N, 3, S, S) in [-1, 1]; mask: (N, 1, S, S) in [0, 1].
+    """
+    import cv2
+
+    def energy(batch: torch.Tensor) -> float:
+        rgb = batch.float().clamp(-1, 1).cpu().numpy()
+        grey = (0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]) * 127.5
+        resid = np.stack([g - cv2.GaussianBlur(g, (0, 0), sigma) for g in grey.astype(np.float32)])
+        return float((resid ** 2 * mask[:, 0].float().cpu().numpy()).sum())
+
+    ref = energy(reference)
+    return energy(images) / ref if ref > 0 else float("nan")
+
+
 def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -458,6 +480,9 @@ class InpaintTrainer:
             if name == "swap":
                 res["dlib_swap_to_source"] = float((zid * z_t[perm]).sum(1).mean())
         res["l1_self_masked"] = float(((outs["self"] - x).abs().mean(1, keepdim=True) * m).sum() / m.sum())
+        for name in ("self", "eps1"):
+            if name in outs:
+                res[f"sharpness_{name}"] = sharpness_ratio(outs[name], x, m)
         if self.judge is not None:
             jt = self._judge_embed(x)
             res["judge_random_pair"] = float((jt * jt[perm]).sum(1).mean())
