@@ -16,7 +16,8 @@ them at ε from 0.25 to 256, the rest as Laplace noise on the sphere).
 
 Losses (weights in :class:`~identitydp.training.options.InpaintTrainConfig`):
 
-* ``l1``: mean absolute error inside the mask (self / pair);
+* ``l1``: mean absolute error inside the mask (self / pair), between P×P average-pooled images
+  (``--l1-pool``, default 4: coarse colour and layout only; fine detail is left to the other losses);
 * ``perc``: L1 between the dlib recognizer's intermediate maps of output and target chips
   (a face-aware perceptual loss; self / pair);
 * ``id``: ``1 − cos`` between the centred dlib descriptor of a jittered, degraded copy of the
@@ -222,6 +223,8 @@ class InpaintTrainer:
 
             self.projection = Projection.load(weight_path(PROJECTION_NAME))
 
+        if cfg.l1_pool < 1 or cfg.size % cfg.l1_pool:
+            raise ValueError(f"--l1-pool must be >= 1 and divide --size {cfg.size}, got {cfg.l1_pool}")
         self.net_cfg = InpaintConfig(size=cfg.size, **_network_options(cfg))
         self.G = InpaintGenerator(self.net_cfg).to(self.device, memory_format=self.memory_format)
         self.D = MaskedPatchDiscriminator(self.net_cfg).to(self.device, memory_format=self.memory_format)
@@ -407,8 +410,14 @@ class InpaintTrainer:
         self.opt_g.zero_grad(set_to_none=True)
         with self._autocast():
             adv = -sum(f.mean() for f in self.D_run(y, m)) / len(real)
-            area = m.sum((1, 2, 3)).clamp_min(1.0)
-            l1 = ((y.float() - x.float()).abs().mean(1, keepdim=True) * m).sum((1, 2, 3)) / area
+            if c.l1_pool > 1:
+                # Only the coarse picture (colour, lighting, layout) has a pixel target: the inner
+                # face is never seen, so a per-pixel L1 would pull fine detail to the mean (blur).
+                yp, xp, mp = (F.avg_pool2d(t.float(), c.l1_pool) for t in (y, x, m))
+                l1 = ((yp - xp).abs().mean(1, keepdim=True) * mp).sum((1, 2, 3)) / mp.sum((1, 2, 3)).clamp_min(1e-6)
+            else:
+                area = m.sum((1, 2, 3)).clamp_min(1.0)
+                l1 = ((y.float() - x.float()).abs().mean(1, keepdim=True) * m).sum((1, 2, 3)) / area
             wsum = w.sum().clamp_min(1.0)
             l1 = (l1 * w).sum() / wsum
             # One recognizer pass on the output serves the identity and the perceptual loss; the

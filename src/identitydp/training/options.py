@@ -25,6 +25,7 @@ class InpaintTrainConfig:
     w_l1: float = 10.0
     w_perc: float = 4.0
     w_id: float = 5.0
+    l1_pool: int = 4
     amp: str = "auto"
     p_self: float = 0.45
     p_pair: float = 0.15
@@ -63,6 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lr-d", type=float, default=d.lr_d)
     for name in ("adv", "l1", "perc", "id"):
         parser.add_argument(f"--w-{name}", type=float, default=getattr(d, f"w_{name}"), help=f"weight of the {name} loss")
+    parser.add_argument("--l1-pool", type=int, default=d.l1_pool,
+                        help="L1 between PxP average-pooled output and target (1: per pixel); the inner face is never "
+                             "seen, so a per-pixel target pulls fine detail to the mean")
     parser.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "off"], help="bf16 autocast: auto = on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX)")
     for name in ("self", "pair", "swap", "noisy"):
         parser.add_argument(f"--p-{name}", type=float, default=getattr(d, f"p_{name}"), help=f"share of {name} identity sources")
