@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 #: Registry name of the shipped generator (attribute encoder + AAD generator, fp16 safetensors).
 WEIGHTS_NAME = "identitydp_generator"
+#: The registered v2 (inpainting) renderer: opt-in (``weights=RENDERER_V2_NAME``, ``--renderer v2``).
+RENDERER_V2_NAME = "identitydp_renderer_v2"
 PROJECTION_NAME = "identity_projection_k16"
 #: The paste may change pixels only inside the detector box enlarged by this fraction per side.
 PASTE_REGION = 0.25
@@ -223,6 +225,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self.meta, id_mean = _read_generator_header(path)
         self.id_mean_np = id_mean.astype(np.float64)
         self.inpainting = self.meta.get("format") == EXPORT_FORMAT_V2
+        if self.inpainting and precision == "int8":
+            raise ValueError("precision='int8' is for the v1 renderer; the v2 renderer runs in fp32")
         self.device = device
         self.model = self.dlib = self._onnx = self._dlib_onnx = self._loader = None
         self.color_match = color_match
