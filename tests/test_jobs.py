@@ -174,6 +174,12 @@ def test_recovery_after_kill_9_between_charge_and_settle(tmp_path, written):
 # ------------------------------------------------------------------------------ CLI / jobs
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_killed_midway_then_rerun_matches_the_outputs(tmp_path, photos, sig):
+    from PIL import Image
+
+    # Photos large enough that the folder takes a while: 300-px ones can all be done between two
+    # polls (about 25 ms each), and a signal that lands after the last one tests nothing.
+    for path in photos.iterdir():
+        Image.open(path).resize((1200, 1200)).save(path, quality=92)
     ledger = tmp_path / "ledger.sqlite"
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "identitydp.cli", "anonymize", str(photos), "-o", str(out), "--method", "dp-pix", "--quiet"]
