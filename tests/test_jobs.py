@@ -24,6 +24,7 @@ from conftest import read_ledger
 from identitydp.cli import main as cli_main
 from identitydp.errors import BudgetExceededError, PrivacyError
 from identitydp.jobs import AnonymizerConfig, Job, plan_job
+from identitydp.jobs.config import ConfigError
 from identitydp.privacy.cost import PrivacyCost
 from identitydp.privacy.store import Charge, LedgerStore
 
@@ -415,3 +416,25 @@ def test_plan_names_what_it_leaves_out(tmp_path, photos, capsys):
     twin = shutil.copy(one, tmp_path / "x" / one.name)
     with pytest.raises(Exception, match="would both be written"):
         plan_job([one, twin], tmp_path / "o")  # two inputs, one name: refused before any work
+
+
+def test_config_fingerprints_the_renderer_that_runs(tmp_path):
+    """The registered v2 renderer and a renderer file outside the registry are what a
+    configuration records — not the default v1 files, which such a run never loads."""
+    import shutil
+
+    from identitydp.generate.anonymizer import RENDERER_V2_NAME, WEIGHTS_NAME
+    from identitydp.models.registry import registry, weight_path
+
+    v2 = AnonymizerConfig.create("identitydp", epsilon=1.0, weights=RENDERER_V2_NAME)
+    assert v2.weights[RENDERER_V2_NAME] == registry()[RENDERER_V2_NAME].sha256
+    assert WEIGHTS_NAME not in v2.weights and "identitydp_generator_int8" not in v2.weights
+    copy = tmp_path / "experiment.safetensors"
+    shutil.copyfile(weight_path(RENDERER_V2_NAME), copy)
+    local = AnonymizerConfig.create("identitydp", epsilon=1.0, weights=str(copy))
+    assert local.weights["file:experiment.safetensors"] == registry()[RENDERER_V2_NAME].sha256
+    assert WEIGHTS_NAME not in local.weights
+    local.check_weights()
+    copy.write_bytes(copy.read_bytes()[:-1] + b"\0")  # another file at the same path
+    with pytest.raises(ConfigError):
+        local.check_weights()

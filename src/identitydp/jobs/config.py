@@ -7,6 +7,7 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import IdentityDPError
@@ -27,13 +28,21 @@ def _weights_for(method: str, params: Mapping[str, Any]) -> dict[str, str]:
     from ..models.registry import registry
 
     names = ["centerface"]
+    files: dict[str, str] = {}
     if method == "identitydp":
         from ..generate.anonymizer import PROJECTION_NAME, WEIGHTS_NAME
+        from ..models.registry import weights_sha256
 
         names += ["dlib_resnet"]
         weights = params.get("weights")
-        generator = weights if isinstance(weights, str) and weights in registry() else WEIGHTS_NAME
-        names.append(generator)
+        if weights is None or (isinstance(weights, str) and weights in registry()):
+            generator = weights or WEIGHTS_NAME
+            names.append(generator)
+        else:  # a renderer file outside the registry (an experiment): fingerprint that file
+            generator = None
+            path = Path(weights)
+            if path.is_file():
+                files[f"file:{path.name}"] = weights_sha256(path)
         if generator == WEIGHTS_NAME and params.get("precision", "auto") != "fp32":
             from ..generate.onnx_backend import INT8_WEIGHTS_NAME
 
@@ -43,7 +52,7 @@ def _weights_for(method: str, params: Mapping[str, Any]) -> dict[str, str]:
         if params.get("keep"):
             names.append("attribute_directions")
     entries = registry()
-    return {name: entries[name].sha256 for name in names if name in entries}
+    return {**{name: entries[name].sha256 for name in names if name in entries}, **files}
 
 
 def _jsonable(value: Any) -> Any:
