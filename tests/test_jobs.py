@@ -184,7 +184,10 @@ def test_killed_midway_then_rerun_matches_the_outputs(tmp_path, photos, sig):
     ledger = tmp_path / "ledger.sqlite"
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "identitydp.cli", "anonymize", str(photos), "-o", str(out), "--method", "dp-pix", "--quiet"]
-    proc = subprocess.Popen(cmd, env=_cli_env(ledger), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # The child gets Ctrl-C's default disposition, as from a terminal: a SIGINT that the test
+    # process happens to ignore (inherited across exec) would make Python ignore it too.
+    proc = subprocess.Popen(cmd, env=_cli_env(ledger), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and len(_outputs(out)) < 3:
         time.sleep(0.02)
