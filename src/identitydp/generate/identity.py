@@ -131,6 +131,12 @@ def centre(raw: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     return F.normalize(raw.float() - mean.to(raw.device).float(), dim=1)
 
 
+def _unit_laplace(n: int, d: int, device, generator: torch.Generator | None) -> torch.Tensor:
+    """(n, d) i.i.d. Laplace(0, 1) draws by inverse CDF (training only: not a DP sampler)."""
+    u = torch.rand(n, d, device=device, generator=generator).clamp(1e-6, 1 - 1e-6) - 0.5
+    return -torch.sign(u) * torch.log1p(-2 * u.abs())
+
+
 def laplace_sphere_noise(z: torch.Tensor, generator: torch.Generator | None = None,
                          ratio_range: tuple[float, float] = (0.05, 20.0)) -> tuple[torch.Tensor, torch.Tensor]:
     """Training-time noisy identities with the Laplace mechanism's shape (no DP guarantee needed).
@@ -150,9 +156,7 @@ def laplace_sphere_noise(z: torch.Tensor, generator: torch.Generator | None = No
     lo, hi = math.log(ratio_range[0]), math.log(ratio_range[1])
     ratio = torch.exp(lo + (hi - lo) * torch.rand(n, device=z.device, generator=generator))
     scale = ratio / math.sqrt(2 * d)  # Laplace(b) has std √2·b per coordinate
-    u = torch.rand(n, d, device=z.device, generator=generator).clamp(1e-6, 1 - 1e-6) - 0.5
-    lap = -torch.sign(u) * torch.log1p(-2 * u.abs())
-    return F.normalize(z + lap * scale[:, None], dim=1), ratio
+    return F.normalize(z + _unit_laplace(n, d, z.device, generator) * scale[:, None], dim=1), ratio
 
 
 def laplace_projection_noise(z: torch.Tensor, projection, generator: torch.Generator | None = None,
@@ -190,7 +194,5 @@ def laplace_projection_noise(z: torch.Tensor, projection, generator: torch.Gener
     lo, hi = math.log(epsilon_range[0]), math.log(epsilon_range[1])
     eps = torch.exp(lo + (hi - lo) * torch.rand(n, device=dev, generator=generator))
     b = 2 * radius * math.sqrt(k) / eps
-    u = torch.rand(n, k, device=dev, generator=generator).clamp(1e-6, 1 - 1e-6) - 0.5
-    lap = -torch.sign(u) * torch.log1p(-2 * u.abs())
-    y = clip(y + lap * b[:, None])
+    y = clip(y + _unit_laplace(n, k, dev, generator) * b[:, None])
     return F.normalize(mean + (y * scales) @ comps, dim=1), eps
