@@ -61,6 +61,30 @@ def test_paste_never_touches_pixels_outside_the_region() -> None:
     assert (out[80, 80] == 255).all()  # the centre is fully pasted
 
 
+def test_paste_of_a_shrunk_crop_is_area_filtered_not_aliased() -> None:
+    # A 1-px checkerboard crop pasted at a third of its size: without a low-pass it aliases into
+    # a pattern of near-black and near-white pixels; area-filtered it is the mean grey.
+    frame = np.full((120, 120, 3), 128, np.uint8)
+    checker = ((np.indices((96, 96)).sum(0) % 2) * 255).astype(np.uint8)
+    crop = np.repeat(checker[..., None], 3, axis=2)
+    inverse = np.array([[1 / 3, 0.0, 40.0], [0.0, 1 / 3, 40.0]])  # crop → frame [40, 72)
+    out = paste_face(frame, crop, inverse, np.ones((96, 96), np.float32))
+    inside = out[44:68, 44:68].astype(np.float64)
+    assert abs(inside.mean() - 127.5) < 3 and inside.std() < 4
+
+
+def test_paste_of_a_shrunk_crop_lands_where_its_affine_says() -> None:
+    # A smooth ramp survives the area filter: pasted at half size, each frame pixel shows the crop
+    # value at the affine's preimage of that pixel (pixel centres aligned), within a grey level.
+    ramp = np.tile(np.linspace(0, 255, 128, dtype=np.float64)[None, :], (128, 1))
+    crop = np.repeat(ramp.round().astype(np.uint8)[..., None], 3, axis=2)
+    inverse = np.array([[0.5, 0.0, 20.25], [0.0, 0.5, 30.0]])
+    out = paste_face(np.zeros((120, 120, 3), np.uint8), crop, inverse, np.ones((128, 128), np.float32))
+    xs = np.arange(30, 70)
+    expected = np.interp((xs - 20.25) / 0.5, np.arange(128), ramp[0])
+    assert np.abs(out[60, 30:70, 0].astype(np.float64) - expected).max() <= 1.5
+
+
 @pytest.fixture(scope="module")
 def lfw_crops(lfw_images):
     det = CenterFaceDetector()
