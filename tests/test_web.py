@@ -86,6 +86,18 @@ def test_api_limits_errors_and_no_user_paths(server, tmp_path):
             time.sleep(0.2)
         assert t["status"] == "done" and t["name"] == "identitydp-evil.jpg" and len(t["faces"]) == 5
         assert not Path("/tmp/identitydp-evil.jpg").exists()
+        # The renderer is a choice of the identitydp method; the task says which one ran.
+        r = c.post("/api/anonymize", files={"file": ("x.jpg", SAMPLE.read_bytes())}, data={"method": "identitydp", "renderer": "v3"})
+        assert r.status_code == 400 and "unknown renderer" in r.json()["error"]
+        task = c.post("/api/anonymize", files={"file": ("x.jpg", SAMPLE.read_bytes())},
+                      data={"method": "identitydp", "renderer": "v2"}).json()["task"]
+        for _ in range(600):
+            t = c.get(f"/api/tasks/{task}").json()
+            if t["status"] not in ("queued", "running"):
+                break
+            time.sleep(0.2)
+        assert t["status"] == "done" and t["renderer"] == "v2-inpainting", t
+        assert [f["status"] for f in t["faces"]] == ["anonymized"] * 5 and t["releases"] == 5
         # Another browser (no cookie) cannot see this session's results.
         assert httpx.get(f"{server}/api/tasks/{task}/output").status_code == 404
         assert c.post("/api/session/end").json()["ended"] is True

@@ -319,11 +319,11 @@ def create_app(*, ledger: Path, workdir: Path | None = None, max_upload_mb: floa
     @app.post("/api/anonymize")
     async def anonymize(request: Request, file: UploadFile = File(...), method: str = Form("identitydp"),
                         epsilon: str = Form(""), mechanism: str = Form(""), budget: str = Form(""),
-                        threshold: str = Form("0.5"), use_exempt: str = Form("true")):
+                        threshold: str = Form("0.5"), use_exempt: str = Form("true"), renderer: str = Form("")):
         from ..jobs import AnonymizerConfig
 
         s = session_of(request)
-        params = _params(method, epsilon, mechanism)
+        params = _params(method, epsilon, mechanism, renderer)
         budget_value = _number(budget, "budget", positive=True) if budget.strip() else None
         th = _number(threshold, "threshold")
         if not 0 < th < 1:
@@ -358,6 +358,8 @@ def create_app(*, ledger: Path, workdir: Path | None = None, max_upload_mb: floa
                               "ledger_key": f.get("ledger_key"), "exempt": f.get("exempt"), "error": f.get("error")})
         return {"id": t.id, "kind": t.kind, "name": t.name, "status": t.status, "progress": t.progress,
                 "frames": t.frames, "total_frames": t.total_frames, "error": t.error, "faces": faces,
+                # what ran, from the image report (v1-aei / v2-inpainting); None for other methods
+                "renderer": (((t.result or {}).get("report") or {}).get("method") or {}).get("renderer"),
                 "releases": (t.result or {}).get("releases", 0), "epsilon": (t.result or {}).get("epsilon", 0.0),
                 "video": (t.result or {}).get("report") if t.kind == "video" else None}
 
@@ -445,7 +447,9 @@ def _number(text: str, name: str, *, positive: bool = False) -> float:
     return value
 
 
-def _params(method: str, epsilon: str, mechanism: str) -> dict:
+def _params(method: str, epsilon: str, mechanism: str, renderer: str = "") -> dict:
+    """The anonymizer's keyword arguments from the form's fields (``mechanism`` and ``renderer``
+    are read for identitydp only, like the CLI's; empty fields take the defaults)."""
     from .._cli_anonymize import DEFAULT_IDENTITYDP_EPSILON, METHOD_CHOICES
 
     if method not in METHOD_CHOICES:
@@ -459,4 +463,10 @@ def _params(method: str, epsilon: str, mechanism: str) -> dict:
         if mechanism not in ("laplace", "gaussian", "metric"):
             raise WebError(f"unknown mechanism {mechanism!r}")
         params["mechanism"] = mechanism
+    if method == "identitydp" and renderer not in ("", "v1"):
+        if renderer != "v2":
+            raise WebError(f"unknown renderer {renderer!r} (v1 or v2)")
+        from ..generate.anonymizer import RENDERER_V2_NAME
+
+        params["weights"] = RENDERER_V2_NAME
     return params
