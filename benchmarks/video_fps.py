@@ -141,7 +141,7 @@ def identitydp_weights(cache: Path):
     import torch
 
     from identitydp.generate.networks import FaceGenerator, NetConfig
-    from identitydp.generate.train import export_generator
+    from identitydp.generate.checkpoint import export_generator
 
     path = cache / "random_generator_128.safetensors"
     if not path.exists():

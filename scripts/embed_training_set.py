@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from identitydp.generate.data import load_bundle, to_model, to_pixels
+from identitydp.training.data import load_bundle, to_model, to_pixels
 from identitydp.generate.identity import CHIP_SIZE, centre, crop_to_chip_matrices, resample, warp_theta
-from identitydp.generate.train import load_generator
+from identitydp.generate.checkpoint import load_generator
 from identitydp.models.dlib_resnet import DlibEncoder
 from identitydp.models.registry import weight_path
 

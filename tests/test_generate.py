@@ -72,7 +72,7 @@ def test_laplace_sphere_noise_shapes() -> None:
 
 
 def test_bundle_and_pairs(tiny_bundle: Path) -> None:
-    from identitydp.generate.data import PairIndex, load_bundle
+    from identitydp.training.data import PairIndex, load_bundle
 
     data = load_bundle(tiny_bundle, size=64)
     meta = json.loads(str(np.load(tiny_bundle)["meta"]))
@@ -93,8 +93,8 @@ def test_bundle_and_pairs(tiny_bundle: Path) -> None:
 @pytest.fixture(scope="module")
 def trained(tiny_bundle: Path, tmp_path_factory):
     """A trainer after one real training step on real faces, with its checkpoints written."""
-    from identitydp.generate.train import Trainer
-    from identitydp.generate.train_options import TrainConfig
+    from identitydp.training.aei import Trainer
+    from identitydp.training.aei_options import TrainConfig
 
     cfg = TrainConfig(bundle=str(tiny_bundle), out=str(tmp_path_factory.mktemp("run")), size=64, batch=4,
                       minutes=1, eval_faces=4, judge="", id2="", limit=16)
@@ -108,8 +108,9 @@ def trained(tiny_bundle: Path, tmp_path_factory):
 
 
 def test_one_training_step_and_checkpoint_roundtrip(trained) -> None:
-    from identitydp.generate.train import Trainer, load_generator
-    from identitydp.generate.train_options import TrainConfig
+    from identitydp.generate.checkpoint import load_generator
+    from identitydp.training.aei import Trainer
+    from identitydp.training.aei_options import TrainConfig
 
     trainer = trained
     # Centred identities are unit vectors.
@@ -148,7 +149,7 @@ def test_one_training_step_and_checkpoint_roundtrip(trained) -> None:
 def test_resumed_adam_moments_take_their_parameters_strides() -> None:
     """Fused Adam on CUDA refuses channels_last parameters with contiguous moments (the --resume
     failure of the first GPU window); moments read back from a checkpoint are contiguous."""
-    from identitydp.generate.train import _match_param_strides
+    from identitydp.training.state import match_param_strides as _match_param_strides
 
     conv = torch.nn.Conv2d(3, 8, 3).to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(conv.parameters())

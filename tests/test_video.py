@@ -597,7 +597,7 @@ def test_identitydp_draws_one_identity_per_track(tmp_path, sprites, detector):
 def _identitydp_one_draw_per_track(tmp_path, sprites, detector, torch):
     from identitydp.generate.anonymizer import IdentityDPAnonymizer
     from identitydp.generate.networks import FaceGenerator, NetConfig
-    from identitydp.generate.train import export_generator
+    from identitydp.generate.checkpoint import export_generator
 
     torch.manual_seed(0)
     weights = tmp_path / "random_generator.safetensors"
@@ -726,7 +726,7 @@ def test_identitydp_render_every_reuses_renderings_without_leaks(tmp_path, scena
     torch = pytest.importorskip("torch")
     from identitydp.generate.anonymizer import IdentityDPAnonymizer
     from identitydp.generate.networks import FaceGenerator, NetConfig
-    from identitydp.generate.train import export_generator
+    from identitydp.generate.checkpoint import export_generator
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

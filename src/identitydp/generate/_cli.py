@@ -1,6 +1,6 @@
 """``identitydp train``: train the v2 IdentityDP renderer (see :mod:`identitydp.training.inpaint`).
 
-The v1 (AEI-Net) trainer stays available as ``python -m identitydp.generate.train``.
+The v1 (AEI-Net) trainer stays available as ``python -m identitydp.training.aei``.
 """
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from ..generate.checkpoint import keeps_fp16, export_generator, load_generator
-from ..generate.data import FaceBundle, PairIndex, load_bundle, to_model, to_pixels
+from .data import FaceBundle, PairIndex, load_bundle, to_model, to_pixels
 from ..generate.identity import (
     CHIP_SIZE,
     centre,

@@ -2,7 +2,7 @@
 
 Usage (from the repository root; needs only torch, numpy, safetensors, opencv, pillow)::
 
-    PYTHONPATH=src python3 -m identitydp.generate.train --bundle .data/train128.npz \
+    PYTHONPATH=src python3 -m identitydp.training.aei --bundle .data/train128.npz \
         --device cuda --minutes 9 --out runs/gpu1
 
 or ``identitydp train ...`` with the same options. ``--minutes`` is a wall-time budget from
@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import FaceBundle, PairIndex, load_bundle, to_model, to_pixels
-from .identity import (
+from ..generate.identity import (
     CHIP_SIZE,
     centre,
     crop_to_chip_matrices,
@@ -54,10 +54,10 @@ from .identity import (
     resample,
     warp_theta,
 )
-from .checkpoint import EXPORT_FORMAT, export_generator, load_generator  # noqa: F401 (re-exported)
-from .networks import FaceGenerator, MultiScalePatchDiscriminator, NetConfig, count_params
-from .train_options import TrainConfig, add_arguments, config_from_args
-from ..training.state import flip_theta, load_full_state, match_param_strides as _match_param_strides, save_full_state  # noqa: F401
+from ..generate.checkpoint import EXPORT_FORMAT, export_generator, load_generator  # noqa: F401 (re-exported)
+from ..generate.networks import FaceGenerator, MultiScalePatchDiscriminator, NetConfig, count_params
+from .aei_options import TrainConfig, add_arguments, config_from_args
+from .state import flip_theta, load_full_state, match_param_strides as _match_param_strides, save_full_state  # noqa: F401
 
 log = logging.getLogger("identitydp.train")
 
@@ -598,7 +598,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m identitydp.generate.train", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m identitydp.training.aei", description=__doc__.split("\n")[0])
     add_arguments(parser)
     return run_from_args(parser.parse_args(argv))
 
