@@ -364,3 +364,34 @@ def test_registered_v2_renderer_from_the_cli(lfw_images, tmp_path) -> None:
     text = json.dumps(json.loads(report.read_text()))
     assert "v2-inpainting" in text and "identitydp_renderer_v2" in text
     assert cli_main(args[:-2] + ["--precision", "int8", "--overwrite"]) == 2
+
+
+def test_train_command_stops_cleanly_on_sigterm(v2_bundle, tmp_path) -> None:
+    """`identitydp train` on real faces: SIGTERM finishes the step, evaluates, writes every
+    checkpoint and exits 0 (how a CPU run is paused and how a GPU window ends)."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "identitydp.cli", "train", "--bundle", str(v2_bundle), "--out", str(out),
+           "--batch", "2", "--eval-faces", "4", "--judge", "", "--threads", "1", "--minutes", "20",
+           "--log-every-s", "0", "--net", json.dumps(SMALL)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    seen = []
+    deadline = time.time() + 240
+    for line in proc.stdout:
+        seen.append(line)
+        if '"event": "train"' in line or time.time() > deadline:
+            break
+    proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=240)
+    events = [json.loads(x)["event"] for x in (seen + rest.splitlines()) if x.startswith("{")]
+    assert proc.returncode == 0, "".join(seen[-20:]) + rest[-2000:]
+    assert "train" in events and "stop_requested" in events and events[-1] == "done", events
+    for name in ("ckpt_full.safetensors", "ckpt_fp16.safetensors", "generator_fp16.safetensors", "log.jsonl"):
+        assert (out / name).is_file(), name

@@ -28,13 +28,10 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import logging
-import math
 import os
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -54,15 +51,16 @@ from ..generate.identity import (
     resample,
     warp_theta,
 )
-from ..generate.checkpoint import EXPORT_FORMAT, export_generator, load_generator  # noqa: F401 (re-exported)
+from ..generate.checkpoint import export_generator, load_generator
 from ..generate.networks import FaceGenerator, MultiScalePatchDiscriminator, NetConfig, count_params
 from .aei_options import TrainConfig, add_arguments, config_from_args
-from .state import flip_theta, load_full_state, match_param_strides as _match_param_strides, save_full_state  # noqa: F401
+from .loop import TimedTrainer
+from .state import flip_theta
 
 log = logging.getLogger("identitydp.train")
 
 
-class Trainer:
+class Trainer(TimedTrainer):
     """One training run. Build with a :class:`TrainConfig`, then :meth:`run`."""
 
     def __init__(self, cfg: TrainConfig, start_time: float | None = None,
@@ -145,23 +143,6 @@ class Trainer:
         self.event("model", g_params=count_params(self.G), d_params=count_params(self.D),
                    encoder_params=count_params(self.G.encoder), net=net_cfg.to_dict(), judge=self.judge is not None)
         self._write_config()
-
-    # ------------------------------------------------------------------ logging
-    def event(self, kind: str, **fields) -> None:
-        record = {"event": kind, "t": round(time.time() - self.start_time, 2), **fields}
-        self._log_file.write(json.dumps(record) + "\n")
-        self._log_file.flush()
-        if self.echo is not None:
-            self.echo(json.dumps(record))
-
-    def _write_config(self) -> None:
-        resolved = asdict(self.cfg)
-        resolved["net"] = self.net_cfg.to_dict()
-        resolved["margin"] = self.data.margin
-        resolved["torch"] = torch.__version__
-        resolved["device_name"] = torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
-        resolved["bundle_meta"] = self.data.meta
-        (self.out / "config.json").write_text(json.dumps(resolved, indent=2))
 
     # ------------------------------------------------------------------ identity
     def _autocast(self):
@@ -365,14 +346,6 @@ class Trainer:
 
     LOSS_NAMES = ("d", "adv", "att", "id", "id2", "rec", "g")
 
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        decay = min(self.cfg.ema, (1 + self.step) / (10 + self.step))
-        for pe, p in zip(self.G_ema.parameters(), self.G.parameters()):
-            pe.lerp_(p.detach(), 1 - decay)
-        for be, b in zip(self.G_ema.buffers(), self.G.buffers()):
-            be.copy_(b)
-
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def _eval_batch(self) -> dict:
@@ -457,25 +430,6 @@ class Trainer:
         return path
 
     # ------------------------------------------------------------------ checkpoints
-    def _counters(self) -> dict:
-        return {"step": self.step, "images_seen": self.images_seen, "train_seconds": round(self.train_seconds, 1),
-                "net": json.dumps(self.net_cfg.to_dict()), "margin": self.data.margin}
-
-    def save_full(self) -> None:
-        """fp32 G, EMA G, D and both Adam states (exact resumption)."""
-        save_full_state(self.full_ckpt, {"G.": self.G, "G_ema.": self.G_ema, "D.": self.D},
-                        {"opt_g.": self.opt_g, "opt_d.": self.opt_d}, {"id_mean": self.id_mean.float()}, self._counters())
-
-    def load_full(self, path: str | Path) -> None:
-        tensors, meta = load_full_state(path, {"G.": self.G, "G_ema.": self.G_ema, "D.": self.D},
-                                        {"opt_g.": self.opt_g, "opt_d.": self.opt_d}, self.device)
-        self.id_mean = tensors["id_mean"].to(self.device)
-        self.z = centre(self._embed_bundle(), self.id_mean)
-        self.step = int(meta.get("step", 0))
-        self.images_seen = int(meta.get("images_seen", 0))
-        self.train_seconds = float(meta.get("train_seconds", 0.0))
-        self.event("resumed", path=str(path), step=self.step)
-
     def load_weights(self, path: str | Path) -> None:
         """Start from the weights of a ``ckpt_fp16.safetensors`` (fresh optimizers). The EMA starts
         from the ``generator_fp16.safetensors`` beside it when there is one, else from G.
@@ -533,59 +487,6 @@ class Trainer:
             "device": torch.cuda.get_device_name(self.device) if self.cuda else "cpu",
             "bundle": Path(self.cfg.bundle).name,
         })
-
-    # ------------------------------------------------------------------ loop
-    def run(self) -> dict:
-        c = self.cfg
-        deadline = self.start_time + c.minutes * 60 - c.final_reserve_s
-        last = {"log": time.time(), "eval": time.time(), "sample": time.time(), "ckpt": time.time()}
-        window_imgs, window_t = 0, time.time()
-        # Losses are summed on the device and read once per log line: no per-step host sync.
-        sums = torch.zeros(len(self.LOSS_NAMES), device=self.device)
-        nsum = 0
-        self.evaluate()
-        self.write_samples()
-        self.event("start", step=self.step, deadline_s=round(deadline - self.start_time, 1))
-        t_loop = time.time()
-        while time.time() < deadline and (not c.max_steps or self.step < c.max_steps):
-            losses = self.train_step()
-            sums += torch.stack([losses[k].detach().float() for k in self.LOSS_NAMES])
-            nsum += 1
-            window_imgs += c.batch
-            now = time.time()
-            if now - last["log"] >= c.log_every_s:
-                means = (sums / nsum).tolist()
-                if not all(math.isfinite(v) for v in means):
-                    raise FloatingPointError(f"non-finite losses before step {self.step}: {dict(zip(self.LOSS_NAMES, means))}")
-                rate = window_imgs / (now - window_t)
-                self.event("train", step=self.step, images_seen=self.images_seen, images_per_s=round(rate, 1),
-                           **{k: round(v, 4) for k, v in zip(self.LOSS_NAMES, means)})
-                sums.zero_()
-                nsum, window_imgs, window_t = 0, 0, now
-                last["log"] = now
-            if now - last["eval"] >= c.eval_every_s:
-                self.evaluate()
-                last["eval"] = time.time()
-            if now - last["sample"] >= c.sample_every_s:
-                self.write_samples()
-                last["sample"] = time.time()
-            if now - last["ckpt"] >= c.ckpt_every_s:
-                self.train_seconds += time.time() - t_loop
-                t_loop = time.time()
-                self.save_compact()
-                self.save_full()
-                last["ckpt"] = time.time()
-        self.train_seconds += time.time() - t_loop
-        # No step since the last evaluation (e.g. start-up ate the budget): don't repeat it.
-        final = self._last_eval if self._last_eval.get("step") == self.step else self.evaluate()
-        self.write_samples()
-        self.save_compact()
-        self.save_full()
-        self.event("done", step=self.step, images_seen=self.images_seen, train_seconds=round(self.train_seconds, 1),
-                   images_per_s=round(self.images_seen / max(self.train_seconds, 1e-6), 1),
-                   wall_s=round(time.time() - self.start_time, 1))
-        self._log_file.close()
-        return final
 
 
 def run_from_args(args: argparse.Namespace) -> int:

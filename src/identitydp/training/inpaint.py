@@ -42,12 +42,10 @@ import copy
 import hashlib
 import json
 import logging
-import math
 import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -72,7 +70,8 @@ from ..generate.identity import (
 from ..generate.inpaint import InpaintConfig, InpaintGenerator, MaskedPatchDiscriminator, landmark_sketch, mask_for
 from ..eval.image_metrics import SHARPNESS_SIGMA
 from .options import InpaintTrainConfig, add_arguments, config_from_args
-from .state import flip_theta, load_full_state, save_full_state
+from .loop import TimedTrainer
+from .state import flip_theta
 
 log = logging.getLogger("identitydp.training")
 
@@ -166,7 +165,7 @@ def fit_shape_model(landmarks68: np.ndarray, size: int, k: int) -> tuple[np.ndar
     return mean, vt[:k]
 
 
-class InpaintTrainer:
+class InpaintTrainer(TimedTrainer):
     """One training run of the v2 renderer. Build with an :class:`InpaintTrainConfig`, then :meth:`run`."""
 
     LOSS_NAMES = ("d", "adv", "l1", "perc", "id", "g")
@@ -273,26 +272,7 @@ class InpaintTrainer:
             self.G_run, self.D_run = torch.compile(self.G), torch.compile(self.D)
         self.event("model", g_params=count_params(self.G), d_params=count_params(self.D),
                    net=self.net_cfg.to_dict(), judge=self.judge is not None)
-        self._write_config()
-
-    # ------------------------------------------------------------------ logging
-    def event(self, kind: str, **fields) -> None:
-        record = {"event": kind, "t": round(time.time() - self.start_time, 2), **fields}
-        self._log_file.write(json.dumps(record) + "\n")
-        self._log_file.flush()
-        if self.echo is not None:
-            self.echo(json.dumps(record))
-
-    def _write_config(self) -> None:
-        resolved = asdict(self.cfg)
-        resolved["net"] = self.net_cfg.to_dict()
-        resolved["margin"] = self.data.margin
-        resolved["torch"] = torch.__version__
-        resolved["device_name"] = torch.cuda.get_device_name(self.device) if self.cuda else "cpu"
-        resolved["threads"] = torch.get_num_threads()
-        resolved["bf16"] = self.bf16
-        resolved["bundle_meta"] = self.data.meta
-        (self.out / "config.json").write_text(json.dumps(resolved, indent=2))
+        self._write_config(threads=torch.get_num_threads(), bf16=self.bf16)
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
@@ -444,14 +424,6 @@ class InpaintTrainer:
         self.images_seen += x.shape[0]
         return {"d": loss_d, "adv": adv, "l1": l1, "perc": perc, "id": idl, "g": loss_g}
 
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        decay = min(self.cfg.ema, (1 + self.step) / (10 + self.step))
-        for pe, p in zip(self.G_ema.parameters(), self.G.parameters()):
-            pe.lerp_(p.detach(), 1 - decay)
-        for be, b in zip(self.G_ema.buffers(), self.G.buffers()):
-            be.copy_(b)
-
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict:
@@ -527,29 +499,6 @@ class InpaintTrainer:
         return path
 
     # ------------------------------------------------------------------ checkpoints
-    def _counters(self) -> dict:
-        return {"step": self.step, "images_seen": self.images_seen, "train_seconds": round(self.train_seconds, 1),
-                "net": json.dumps(self.net_cfg.to_dict()), "margin": self.data.margin}
-
-    def save_full(self) -> None:
-        """fp32 G, EMA G, D and both Adam states (exact resumption)."""
-        save_full_state(self.full_ckpt, {"G.": self.G, "G_ema.": self.G_ema, "D.": self.D},
-                        {"opt_g.": self.opt_g, "opt_d.": self.opt_d}, {"id_mean": self.id_mean.float()}, self._counters())
-
-    def load_full(self, path: str | Path) -> None:
-        tensors, meta = load_full_state(path, {"G.": self.G, "G_ema.": self.G_ema, "D.": self.D},
-                                        {"opt_g.": self.opt_g, "opt_d.": self.opt_d}, self.device)
-        self._set_id_mean(tensors["id_mean"])
-        self.step = int(meta.get("step", 0))
-        self.images_seen = int(meta.get("images_seen", 0))
-        self.train_seconds = float(meta.get("train_seconds", 0.0))
-        self.event("resumed", path=str(path), step=self.step)
-
-    def _set_id_mean(self, id_mean: torch.Tensor) -> None:
-        # Identities must be centred exactly as the weights were trained.
-        self.id_mean = id_mean.float().to(self.device)
-        self.z = centre(self._embed_bundle(), self.id_mean)
-
     def load_weights(self, path: str | Path) -> None:
         """Start from a ``ckpt_fp16.safetensors`` (G, EMA, D; fresh optimizers, counters kept) or
         an exported v2 generator (G and EMA from it, fresh D)."""
@@ -600,75 +549,6 @@ class InpaintTrainer:
             "device": torch.cuda.get_device_name(self.device) if self.cuda else "cpu",
             "bundle": Path(self.cfg.bundle).name,
         })
-
-    # ------------------------------------------------------------------ loop
-    def run(self) -> dict:
-        """Train until the wall-time budget (or ``max_steps``, or SIGTERM/SIGINT) ends; a stop
-        request finishes the step, writes the checkpoints and returns."""
-        import signal
-
-        c = self.cfg
-        stop = {"asked": False}
-
-        def _ask(signum, _frame):  # noqa: ANN001 - signal handler signature
-            stop["asked"] = True
-            self.event("stop_requested", signal=int(signum))
-
-        old = {s: signal.signal(s, _ask) for s in (signal.SIGTERM, signal.SIGINT)}
-        try:
-            return self._loop(stop)
-        finally:
-            for s, h in old.items():
-                signal.signal(s, h)
-
-    def _loop(self, stop: dict) -> dict:
-        c = self.cfg
-        deadline = self.start_time + c.minutes * 60 - c.final_reserve_s
-        last = {k: time.time() for k in ("log", "eval", "sample", "ckpt")}
-        window_imgs, window_t = 0, time.time()
-        sums = torch.zeros(len(self.LOSS_NAMES), device=self.device)
-        nsum = 0
-        self.evaluate()
-        self.write_samples()
-        self.event("start", step=self.step, deadline_s=round(deadline - self.start_time, 1))
-        t_loop = time.time()
-        while time.time() < deadline and not stop["asked"] and (not c.max_steps or self.step < c.max_steps):
-            losses = self.train_step()
-            sums += torch.stack([losses[k].detach().float() for k in self.LOSS_NAMES])
-            nsum += 1
-            window_imgs += c.batch
-            now = time.time()
-            if now - last["log"] >= c.log_every_s:
-                means = (sums / nsum).tolist()
-                if not all(math.isfinite(v) for v in means):
-                    raise FloatingPointError(f"non-finite losses before step {self.step}: {dict(zip(self.LOSS_NAMES, means))}")
-                self.event("train", step=self.step, images_seen=self.images_seen,
-                           images_per_s=round(window_imgs / (now - window_t), 2),
-                           **{k: round(v, 4) for k, v in zip(self.LOSS_NAMES, means)})
-                sums.zero_()
-                nsum, window_imgs, window_t = 0, 0, now
-                last["log"] = now
-            if now - last["eval"] >= c.eval_every_s:
-                self.evaluate()
-                last["eval"] = time.time()
-            if now - last["sample"] >= c.sample_every_s:
-                self.write_samples()
-                last["sample"] = time.time()
-            if now - last["ckpt"] >= c.ckpt_every_s:
-                self.train_seconds += time.time() - t_loop
-                t_loop = time.time()
-                self.save_compact()
-                self.save_full()
-                last["ckpt"] = time.time()
-        self.train_seconds += time.time() - t_loop
-        final = self._last_eval if self._last_eval.get("step") == self.step else self.evaluate()
-        self.write_samples()
-        self.save_compact()
-        self.save_full()
-        self.event("done", step=self.step, images_seen=self.images_seen, train_seconds=round(self.train_seconds, 1),
-                   wall_s=round(time.time() - self.start_time, 1))
-        self._log_file.close()
-        return final
 
 
 def stored_network(path: str | Path) -> dict | None:
