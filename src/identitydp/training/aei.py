@@ -51,7 +51,7 @@ from ..generate.identity import (
     resample,
     warp_theta,
 )
-from ..generate.checkpoint import export_generator, load_generator
+from ..generate.checkpoint import load_generator
 from ..generate.networks import FaceGenerator, MultiScalePatchDiscriminator, NetConfig, count_params
 from .aei_options import TrainConfig, add_arguments, config_from_args
 from .loop import TimedTrainer
@@ -149,30 +149,6 @@ class Trainer(TimedTrainer):
         on = self.cfg.amp == "bf16" or (self.cfg.amp == "auto" and self.cuda)
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=on)
 
-    @torch.no_grad()
-    def _embed_bundle(self) -> torch.Tensor:
-        """Raw dlib descriptors (N, 128) of every bundle crop, from its chip (cached on disk)."""
-        n = len(self.data)
-        cache = Path(str(self.cfg.bundle) + f".dlib{self.data.size}.npy")
-        if cache.is_file() and not self.cfg.limit:
-            arr = np.load(cache, allow_pickle=False)
-            if arr.shape == (n, 128):
-                return torch.from_numpy(arr).float().to(self.device)
-        out = []
-        bs = 512 if self.cuda else 64
-        for s in range(0, n, bs):
-            x = to_pixels(to_model(self.data.images[s : s + bs]))
-            chips = resample(x, self.chip_theta[s : s + bs], CHIP_SIZE).contiguous(memory_format=self.memory_format)
-            with self._autocast():
-                out.append(self.dlib(chips).float())
-        raw = torch.cat(out)
-        if not self.cfg.limit:
-            try:
-                np.save(cache, raw.cpu().numpy())
-            except OSError as exc:  # read-only bundle folder: just recompute next time
-                log.warning("cannot cache embeddings at %s: %s", cache, exc)
-        return raw
-
     def _setup_id2(self) -> None:
         """Second recognizer for the identity loss (docs/design.md: one recognizer in the loss gets gamed).
         FaceRes features are centred by their training mean, like dlib's."""
@@ -223,35 +199,6 @@ class Trainer(TimedTrainer):
             chips = degrade(chips, self.gen)
         chips = chips.contiguous(memory_format=self.memory_format)
         return centre(self.dlib(chips), self.id_mean)
-
-    def _load_judge(self):
-        """The independent judge (mobileface) as (net, theta (N,2,3) for eval faces); None if absent."""
-        if not self.cfg.judge:
-            return None
-        try:
-            from ..models import judges
-        except ImportError:
-            self.event("judge_missing", reason="identitydp.models.judges not available")
-            return None
-        try:
-            net = judges.MobileFace.load(device=self.device)
-        except Exception as exc:  # noqa: BLE001 - any judge failure only disables the quick evaluation
-            self.event("judge_missing", reason=f"{type(exc).__name__}: {exc}")
-            return None
-        lms = self.data.landmarks[self.eval_idx].cpu().numpy()
-        size = int(getattr(judges, "MOBILEFACE_SIZE", 112))
-        template = getattr(judges, "MOBILEFACE_TEMPLATE", None)
-        if template is None:
-            from ..align import template_for
-
-            template = template_for(size, 0.0)
-        theta = warp_theta(crop_to_template_matrices(lms, np.asarray(template)), self.data.size, size)
-        return net, torch.from_numpy(theta).to(self.device), size
-
-    def _judge_embed(self, images: torch.Tensor) -> torch.Tensor:
-        net, theta, size = self.judge
-        x = resample(to_pixels(images), theta[: images.shape[0]], size)
-        return F.normalize(net(x).float(), dim=1)
 
     # ------------------------------------------------------------------ batches
     def _augment(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -468,26 +415,6 @@ class Trainer(TimedTrainer):
             self.id_mean = tensors["id_mean"].float().to(self.device)
             self.z = centre(self._embed_bundle(), self.id_mean)
         self.event("initialised", path=str(path), ema_from=str(ema) if ema.is_file() else "G")
-
-    def save_compact(self) -> None:
-        """``ckpt_fp16.safetensors`` (G + D, fp16) and ``generator_fp16.safetensors`` (EMA G)."""
-        from safetensors.torch import save_file
-
-        def half(sd: dict, prefix: str) -> dict:
-            return {prefix + k: (v.half() if v.is_floating_point() else v).detach().contiguous().cpu() for k, v in sd.items()}
-
-        meta = {k: str(v) for k, v in self._counters().items()}
-        tensors = {**half(self.G.state_dict(), "G."), **half(self.D.state_dict(), "D.")}
-        tensors["id_mean"] = self.id_mean.float().cpu()
-        tmp = self.out / "ckpt_fp16.tmp"
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, self.out / "ckpt_fp16.safetensors")
-        export_generator(self.G_ema, self.id_mean, self.out / "generator_fp16.safetensors", {
-            **meta,
-            "device": torch.cuda.get_device_name(self.device) if self.cuda else "cpu",
-            "bundle": Path(self.cfg.bundle).name,
-        })
-
 
 def run_from_args(args: argparse.Namespace) -> int:
     start = time.time()

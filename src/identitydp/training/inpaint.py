@@ -53,13 +53,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..generate.checkpoint import keeps_fp16, export_generator, load_generator
+from ..generate.checkpoint import load_generator
 from .data import FaceBundle, PairIndex, load_bundle, to_model, to_pixels
 from ..generate.identity import (
     CHIP_SIZE,
     centre,
     crop_to_chip_matrices,
-    crop_to_template_matrices,
     degrade,
     jitter_theta,
     laplace_projection_noise,
@@ -278,51 +277,6 @@ class InpaintTrainer(TimedTrainer):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     # ------------------------------------------------------------------ identity
-    @torch.no_grad()
-    def _embed_bundle(self) -> torch.Tensor:
-        """Raw dlib descriptors (N, 128) of every bundle crop, from its chip (cached on disk)."""
-        n = len(self.data)
-        cache = Path(str(self.cfg.bundle) + f".dlib{self.data.size}.npy")
-        if cache.is_file() and not self.cfg.limit:
-            arr = np.load(cache, allow_pickle=False)
-            if arr.shape == (n, 128):
-                return torch.from_numpy(arr).float().to(self.device)
-        out = []
-        bs = 512 if self.cuda else 64
-        for s in range(0, n, bs):
-            x = to_pixels(to_model(self.data.images[s : s + bs]))
-            chips = resample(x, self.chip_theta[s : s + bs], CHIP_SIZE).contiguous(memory_format=self.memory_format)
-            with self._autocast():
-                out.append(self.dlib(chips).float())
-        raw = torch.cat(out)
-        if not self.cfg.limit:
-            try:
-                np.save(cache, raw.cpu().numpy())
-            except OSError as exc:
-                log.warning("cannot cache embeddings at %s: %s", cache, exc)
-        return raw
-
-    def _load_judge(self):
-        """MobileFace (never in the loss) as (net, theta of the eval faces, size); None if absent."""
-        if not self.cfg.judge:
-            return None
-        from ..models import judges
-
-        try:
-            net = judges.MobileFace.load(device=self.device)
-        except (OSError, ValueError, RuntimeError) as exc:
-            self.event("judge_missing", reason=f"{type(exc).__name__}: {exc}")
-            return None
-        lms = self.data.landmarks[self.eval_idx].cpu().numpy()
-        size = judges.MOBILEFACE_SIZE
-        theta = warp_theta(crop_to_template_matrices(lms, np.asarray(judges.MOBILEFACE_TEMPLATE)), self.data.size, size)
-        return net, torch.from_numpy(theta).to(self.device), size
-
-    def _judge_embed(self, images: torch.Tensor) -> torch.Tensor:
-        net, theta, size = self.judge
-        x = resample(to_pixels(images), theta[: images.shape[0]], size)
-        return F.normalize(net(x).float(), dim=1)
-
     # ------------------------------------------------------------------ batches
     def _conditions(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.masks[idx].float() / 255.0, self.sketches[idx].float() / 255.0
@@ -530,26 +484,6 @@ class InpaintTrainer(TimedTrainer):
         self.images_seen = int(meta.get("images_seen", 0))
         self.train_seconds = float(meta.get("train_seconds", 0.0))
         self.event("initialised", path=str(path), step=self.step)
-
-    def save_compact(self) -> None:
-        """``ckpt_fp16.safetensors`` (G, EMA G, D in fp16) and ``generator_fp16.safetensors`` (EMA G)."""
-        from safetensors.torch import save_file
-
-        def half(sd: dict, prefix: str) -> dict:
-            return {prefix + k: (v.half() if keeps_fp16(k, v) else v).detach().contiguous().cpu() for k, v in sd.items()}
-
-        meta = {k: str(v) for k, v in self._counters().items()}
-        tensors = {**half(self.G.state_dict(), "G."), **half(self.G_ema.state_dict(), "G_ema."), **half(self.D.state_dict(), "D.")}
-        tensors["id_mean"] = self.id_mean.float().cpu()
-        tmp = self.out / "ckpt_fp16.tmp"
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, self.out / "ckpt_fp16.safetensors")
-        export_generator(self.G_ema, self.id_mean, self.out / "generator_fp16.safetensors", {
-            **meta,
-            "device": torch.cuda.get_device_name(self.device) if self.cuda else "cpu",
-            "bundle": Path(self.cfg.bundle).name,
-        })
-
 
 def stored_network(path: str | Path) -> dict | None:
     """The network config a training checkpoint was written with (its ``net`` metadata), or None."""

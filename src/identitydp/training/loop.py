@@ -7,17 +7,25 @@ Training code only (inference never imports it).
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import signal
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
-from ..generate.identity import centre
+from ..generate.checkpoint import export_generator, keeps_fp16
+from ..generate.identity import CHIP_SIZE, centre, crop_to_template_matrices, resample, warp_theta
+from .data import to_model, to_pixels
 from .state import load_full_state, save_full_state
+
+log = logging.getLogger("identitydp.train")
 
 
 class TimedTrainer:
@@ -28,8 +36,8 @@ class TimedTrainer:
     ``device``, ``cuda``, ``data``, ``net_cfg``, the networks ``G``, ``G_ema``, ``D`` and optimizers
     ``opt_g``, ``opt_d``, the counters ``step``, ``images_seen``, ``train_seconds`` and
     ``_last_eval``; and implements ``train_step`` (returns the losses named in ``LOSS_NAMES``),
-    ``evaluate``, ``write_samples``, ``save_compact`` and ``_embed_bundle`` ((N, 128) raw
-    identity descriptors of the bundle).
+    ``evaluate`` and ``write_samples``; the dlib encoder ``dlib`` with the bundle's ``chip_theta``
+    and ``memory_format``, and ``eval_idx`` (held-out faces the judge looks at), are used here.
     """
 
     LOSS_NAMES: tuple[str, ...] = ()
@@ -65,6 +73,52 @@ class TimedTrainer:
         for be, b in zip(self.G_ema.buffers(), self.G.buffers()):
             be.copy_(b)
 
+    # ------------------------------------------------------------------ identity
+    @torch.no_grad()
+    def _embed_bundle(self) -> torch.Tensor:
+        """Raw dlib descriptors (N, 128) of every bundle crop, from its chip (cached on disk)."""
+        n = len(self.data)
+        cache = Path(str(self.cfg.bundle) + f".dlib{self.data.size}.npy")
+        if cache.is_file() and not self.cfg.limit:
+            arr = np.load(cache, allow_pickle=False)
+            if arr.shape == (n, 128):
+                return torch.from_numpy(arr).float().to(self.device)
+        out = []
+        bs = 512 if self.cuda else 64
+        for s in range(0, n, bs):
+            x = to_pixels(to_model(self.data.images[s : s + bs]))
+            chips = resample(x, self.chip_theta[s : s + bs], CHIP_SIZE).contiguous(memory_format=self.memory_format)
+            with self._autocast():
+                out.append(self.dlib(chips).float())
+        raw = torch.cat(out)
+        if not self.cfg.limit:
+            try:
+                np.save(cache, raw.cpu().numpy())
+            except OSError as exc:
+                log.warning("cannot cache embeddings at %s: %s", cache, exc)
+        return raw
+
+    def _load_judge(self):
+        """MobileFace (never in the loss) as (net, theta of the eval faces, size); None if absent."""
+        if not self.cfg.judge:
+            return None
+        from ..models import judges
+
+        try:
+            net = judges.MobileFace.load(device=self.device)
+        except (OSError, ValueError, RuntimeError) as exc:
+            self.event("judge_missing", reason=f"{type(exc).__name__}: {exc}")
+            return None
+        lms = self.data.landmarks[self.eval_idx].cpu().numpy()
+        size = judges.MOBILEFACE_SIZE
+        theta = warp_theta(crop_to_template_matrices(lms, np.asarray(judges.MOBILEFACE_TEMPLATE)), self.data.size, size)
+        return net, torch.from_numpy(theta).to(self.device), size
+
+    def _judge_embed(self, images: torch.Tensor) -> torch.Tensor:
+        net, theta, size = self.judge
+        x = resample(to_pixels(images), theta[: images.shape[0]], size)
+        return F.normalize(net(x).float(), dim=1)
+
     # ------------------------------------------------------------------ checkpoints
     def _counters(self) -> dict:
         return {"step": self.step, "images_seen": self.images_seen, "train_seconds": round(self.train_seconds, 1),
@@ -83,6 +137,25 @@ class TimedTrainer:
         self.images_seen = int(meta.get("images_seen", 0))
         self.train_seconds = float(meta.get("train_seconds", 0.0))
         self.event("resumed", path=str(path), step=self.step)
+
+    def save_compact(self) -> None:
+        """``ckpt_fp16.safetensors`` (G, EMA G, D in fp16) and ``generator_fp16.safetensors`` (EMA G)."""
+        from safetensors.torch import save_file
+
+        def half(sd: dict, prefix: str) -> dict:
+            return {prefix + k: (v.half() if keeps_fp16(k, v) else v).detach().contiguous().cpu() for k, v in sd.items()}
+
+        meta = {k: str(v) for k, v in self._counters().items()}
+        tensors = {**half(self.G.state_dict(), "G."), **half(self.G_ema.state_dict(), "G_ema."), **half(self.D.state_dict(), "D.")}
+        tensors["id_mean"] = self.id_mean.float().cpu()
+        tmp = self.out / "ckpt_fp16.tmp"
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, self.out / "ckpt_fp16.safetensors")
+        export_generator(self.G_ema, self.id_mean, self.out / "generator_fp16.safetensors", {
+            **meta,
+            "device": torch.cuda.get_device_name(self.device) if self.cuda else "cpu",
+            "bundle": Path(self.cfg.bundle).name,
+        })
 
     # ------------------------------------------------------------------ loop
     def run(self) -> dict:
