@@ -237,6 +237,22 @@ def test_multiband_blend_and_grain_on_a_real_crop(real_crop) -> None:
     assert 0 < grain_level(grained, inner) <= max(ring_level, 6.0) + 1.0
 
 
+def test_grain_level_reads_noise_not_texture() -> None:
+    # Pure noise: the estimate is its σ. Strong texture (stripes) plus the same noise: still the
+    # noise, not the texture's contrast.
+    from identitydp.blend import grain_level
+
+    rng = np.random.default_rng(0)
+    region = np.ones((160, 160), bool)
+    for sigma in (1.5, 3.0, 6.0):
+        flat = np.clip(128 + rng.normal(0, sigma, (160, 160)), 0, 255).astype(np.uint8)
+        assert abs(grain_level(np.repeat(flat[..., None], 3, 2), region) - sigma) < 0.2 * sigma
+    stripes = np.where((np.arange(160) // 4) % 2 == 0, 90.0, 170.0)[None, :].repeat(160, 0)
+    stripes[:, 80:] = 128.0  # half the region textured, half flat
+    noisy = np.clip(stripes + rng.normal(0, 2.0, stripes.shape), 0, 255).astype(np.uint8)
+    assert abs(grain_level(np.repeat(noisy[..., None], 3, 2), region) - 2.0) < 0.5
+
+
 def test_seam_and_sharpness_metrics_see_a_hard_paste(lfw_images) -> None:
     """A blurred face pasted as a hard rectangle has a visible seam and lost detail; the same
     blur with a feathered multi-band edge has less seam; the photo itself scores 1."""
