@@ -51,28 +51,19 @@ class InpaintTrainConfig:
     net: dict = field(default_factory=dict)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = InpaintTrainConfig()
-    parser.add_argument("--bundle", default=d.bundle, help="pre-aligned training bundle with 68-point landmarks (.npz)")
+def add_run_arguments(parser: argparse.ArgumentParser, d, *, bundle_help: str, size_help: str, init_help: str,
+                      net_help: str) -> None:
+    """The options every trainer has (data, run folder, time budget, optimizer, logging,
+    checkpoints), with ``d``'s values as defaults."""
+    parser.add_argument("--bundle", default=d.bundle, help=bundle_help)
     parser.add_argument("--out", default=d.out, help="run folder")
     parser.add_argument("--device", default=d.device, help="cpu, cuda, cuda:0, ...")
-    parser.add_argument("--size", type=int, default=d.size, help="crop size (128 on a CPU, 256 on a GPU)")
+    parser.add_argument("--size", type=int, default=d.size, help=size_help)
     parser.add_argument("--batch", type=int, default=d.batch)
     parser.add_argument("--minutes", type=float, default=d.minutes, help="wall-time budget from start, incl. final writes")
     parser.add_argument("--max-steps", type=int, default=d.max_steps, help="stop after this many steps (0: time only)")
     parser.add_argument("--lr-g", type=float, default=d.lr_g)
     parser.add_argument("--lr-d", type=float, default=d.lr_d)
-    for name in ("adv", "l1", "perc", "id"):
-        parser.add_argument(f"--w-{name}", type=float, default=getattr(d, f"w_{name}"), help=f"weight of the {name} loss")
-    parser.add_argument("--l1-pool", type=int, default=d.l1_pool,
-                        help="L1 between PxP average-pooled output and target (1: per pixel); the inner face is never "
-                             "seen, so a per-pixel target pulls fine detail to the mean")
-    parser.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "off"], help="bf16 autocast: auto = on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX)")
-    for name in ("self", "pair", "swap", "noisy"):
-        parser.add_argument(f"--p-{name}", type=float, default=getattr(d, f"p_{name}"), help=f"share of {name} identity sources")
-    parser.add_argument("--noisy-projection", type=float, default=d.noisy_projection,
-                        help="of the noisy identities, the share drawn as the default projection mechanism releases "
-                             "them (the rest: Laplace noise on the sphere)")
     parser.add_argument("--ema", type=float, default=d.ema)
     parser.add_argument("--seed", type=int, default=d.seed)
     parser.add_argument("--limit", type=int, default=d.limit, help="use only this many training faces (tests)")
@@ -85,15 +76,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--final-reserve-s", type=float, default=d.final_reserve_s)
     parser.add_argument("--full-ckpt", default=d.full_ckpt, help="fp32+Adam checkpoint path (default OUT/ckpt_full.safetensors)")
     parser.add_argument("--resume", default=d.resume, help="resume from a full checkpoint (exact: weights, Adam, counters)")
-    parser.add_argument("--init", default=d.init, help="start from a ckpt_fp16.safetensors (G, D, EMA; fresh Adam): chains GPU runs")
+    parser.add_argument("--init", default=d.init, help=init_help)
     parser.add_argument("--judge", default=d.judge, help="independent judge for the quick evaluation ('' disables)")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the generator and discriminator (CUDA)")
-    parser.add_argument("--net", default="{}", help="JSON overrides of the network config, e.g. '{\"channels\": [...]}' "
-                        "(default: the --resume / --init checkpoint's own network, else the defaults)")
+    parser.add_argument("--net", default="{}", help=net_help)
     parser.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: leave as is)")
 
 
-def config_from_args(args: argparse.Namespace) -> InpaintTrainConfig:
-    fields = {k: v for k, v in vars(args).items() if k in InpaintTrainConfig.__dataclass_fields__}
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = InpaintTrainConfig()
+    add_run_arguments(
+        parser, d, bundle_help="pre-aligned training bundle with 68-point landmarks (.npz)",
+        size_help="crop size (128 on a CPU, 256 on a GPU)",
+        init_help="start from a ckpt_fp16.safetensors (G, D, EMA; fresh Adam): chains GPU runs",
+        net_help="JSON overrides of the network config, e.g. '{\"channels\": [...]}' "
+                 "(default: the --resume / --init checkpoint's own network, else the defaults)")
+    for name in ("adv", "l1", "perc", "id"):
+        parser.add_argument(f"--w-{name}", type=float, default=getattr(d, f"w_{name}"), help=f"weight of the {name} loss")
+    parser.add_argument("--l1-pool", type=int, default=d.l1_pool,
+                        help="L1 between PxP average-pooled output and target (1: per pixel); the inner face is never "
+                             "seen, so a per-pixel target pulls fine detail to the mean")
+    parser.add_argument("--amp", default=d.amp, choices=["auto", "bf16", "off"], help="bf16 autocast: auto = on CUDA and on CPUs with native bf16 (AVX512-BF16/AMX)")
+    for name in ("self", "pair", "swap", "noisy"):
+        parser.add_argument(f"--p-{name}", type=float, default=getattr(d, f"p_{name}"), help=f"share of {name} identity sources")
+    parser.add_argument("--noisy-projection", type=float, default=d.noisy_projection,
+                        help="of the noisy identities, the share drawn as the default projection mechanism releases "
+                             "them (the rest: Laplace noise on the sphere)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the generator and discriminator (CUDA)")
+
+
+def config_from_args(args: argparse.Namespace, cls=InpaintTrainConfig):
+    """A ``cls`` config from parsed arguments (``--net`` JSON decoded)."""
+    fields = {k: v for k, v in vars(args).items() if k in cls.__dataclass_fields__}
     fields["net"] = json.loads(args.net) if isinstance(args.net, str) else args.net
-    return InpaintTrainConfig(**fields)
+    return cls(**fields)
