@@ -66,22 +66,7 @@ class Trainer(TimedTrainer):
     def __init__(self, cfg: TrainConfig, start_time: float | None = None,
                  echo: Callable[[str], None] | None = None) -> None:
         """``echo`` receives every log record as a JSON line (the CLI prints them)."""
-        self.start_time = start_time or time.time()
-        self.echo = echo
-        self.cfg = cfg
-        self.device = torch.device(cfg.device)
-        self.cuda = self.device.type == "cuda"
-        if self.cuda:
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        torch.manual_seed(cfg.seed)
-        self.gen = torch.Generator(device=self.device)
-        self.gen.manual_seed(cfg.seed)
-        self.out = Path(cfg.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.full_ckpt = Path(cfg.full_ckpt) if cfg.full_ckpt else self.out / "ckpt_full.safetensors"
-        self._log_file = open(self.out / "log.jsonl", "a")
+        self._start_run(cfg, start_time, echo)
 
         t0 = time.time()
         self.data: FaceBundle = load_bundle(cfg.bundle, size=cfg.size, device=self.device, limit=cfg.limit,

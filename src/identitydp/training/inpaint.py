@@ -171,22 +171,7 @@ class InpaintTrainer(TimedTrainer):
 
     def __init__(self, cfg: InpaintTrainConfig, start_time: float | None = None,
                  echo: Callable[[str], None] | None = None) -> None:
-        self.start_time = start_time or time.time()
-        self.echo = echo
-        self.cfg = cfg
-        self.device = torch.device(cfg.device)
-        self.cuda = self.device.type == "cuda"
-        if self.cuda:
-            torch.backends.cudnn.benchmark = True
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-        torch.manual_seed(cfg.seed)
-        self.gen = torch.Generator(device=self.device)
-        self.gen.manual_seed(cfg.seed)
-        self.out = Path(cfg.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.full_ckpt = Path(cfg.full_ckpt) if cfg.full_ckpt else self.out / "ckpt_full.safetensors"
-        self._log_file = open(self.out / "log.jsonl", "a")
+        self._start_run(cfg, start_time, echo)
         self.memory_format = torch.channels_last
         # bf16 autocast (--amp): auto = on CUDA, and on CPUs with native bf16 arithmetic, where the
         # v2 trainer ran 1.4x faster on one thread and 1.6x on two here.

@@ -43,6 +43,25 @@ class TimedTrainer:
     LOSS_NAMES: tuple[str, ...] = ()
     echo: Callable[[str], None] | None
 
+    def _start_run(self, cfg, start_time: float | None, echo: Callable[[str], None] | None) -> None:
+        """Device, seeds, run folder and log file: the first thing every trainer's ``__init__`` does."""
+        self.start_time = start_time or time.time()
+        self.echo = echo
+        self.cfg = cfg
+        self.device = torch.device(cfg.device)
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        torch.manual_seed(cfg.seed)
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(cfg.seed)
+        self.out = Path(cfg.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.full_ckpt = Path(cfg.full_ckpt) if cfg.full_ckpt else self.out / "ckpt_full.safetensors"
+        self._log_file = open(self.out / "log.jsonl", "a")
+
     def event(self, kind: str, **fields) -> None:
         """Append one JSON line ``{"event": kind, "t": seconds since start, **fields}`` to the log."""
         record = {"event": kind, "t": round(time.time() - self.start_time, 2), **fields}
