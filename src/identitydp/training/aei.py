@@ -401,6 +401,7 @@ class Trainer(TimedTrainer):
             self.z = centre(self._embed_bundle(), self.id_mean)
         self.event("initialised", path=str(path), ema_from=str(ema) if ema.is_file() else "G")
 
+
 def run_from_args(args: argparse.Namespace) -> int:
     start = time.time()
     cfg = config_from_args(args)

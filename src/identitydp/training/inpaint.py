@@ -470,6 +470,7 @@ class InpaintTrainer(TimedTrainer):
         self.train_seconds = float(meta.get("train_seconds", 0.0))
         self.event("initialised", path=str(path), step=self.step)
 
+
 def stored_network(path: str | Path) -> dict | None:
     """The network config a training checkpoint was written with (its ``net`` metadata), or None."""
     from safetensors import safe_open
