@@ -378,8 +378,7 @@ class Trainer(TimedTrainer):
             model, id_mean, _ = load_generator(path, device=self.device)
             self.G.load_state_dict(model.state_dict())
             self.G_ema.load_state_dict(model.state_dict())
-            self.id_mean = id_mean.float().to(self.device)
-            self.z = centre(self._embed_bundle(), self.id_mean)
+            self._set_id_mean(id_mean)
             self.event("initialised", path=str(path), ema_from="G", discriminator="fresh")
             return
         tensors = load_file(str(path), device=str(self.device))
@@ -396,9 +395,7 @@ class Trainer(TimedTrainer):
         else:
             self.G_ema.load_state_dict(self.G.state_dict())
         if "id_mean" in tensors:
-            # Identities must be centred exactly as the weights were trained.
-            self.id_mean = tensors["id_mean"].float().to(self.device)
-            self.z = centre(self._embed_bundle(), self.id_mean)
+            self._set_id_mean(tensors["id_mean"])
         self.event("initialised", path=str(path), ema_from=str(ema) if ema.is_file() else "G")
 
 
