@@ -117,16 +117,16 @@ def test_landmarks68_on_real_aligned_crops(lfw_crops) -> None:
 def test_geometry_matching_lowers_the_landmark_error(lfw_crops) -> None:
     """FaceMesh (the evaluation's landmark judge, not the model the warp uses) finds the original's
     landmarks closer on geometry-matched IdentityDP outputs than on unwarped ones."""
-    from identitydp.generate.anonymizer import IdentityDPAnonymizer
+    from identitydp.generate.anonymizer import WEIGHTS_NAME, IdentityDPAnonymizer
     from identitydp.models.judges import FaceMesh
     from identitydp.models.registry import registry
 
-    if "identitydp_generator" not in registry():
+    if WEIGHTS_NAME not in registry():
         pytest.skip("no generator registered")
     mesh = FaceMesh.load()
     errors = {}
-    for geometry in (False, True):
-        anon = IdentityDPAnonymizer(epsilon=4.0, seed=5, geometry=geometry)
+    for geometry in (False, True):  # the warp is the v1 renderer's
+        anon = IdentityDPAnonymizer(epsilon=4.0, seed=5, geometry=geometry, weights=WEIGHTS_NAME)
         errs = []
         for img, faces in lfw_crops:
             out = anon.anonymize_frame(img, faces, np.random.default_rng(0)).image

@@ -182,6 +182,48 @@ def test_v2_training_steps_and_checkpoint_chain(v2_trained) -> None:
     assert read_metadata(path)["format"] == EXPORT_FORMAT_V2
     model, id_mean, meta = load_generator(path)
     assert id_mean.shape == (128,) and float(meta["margin"]) == 0.25
+    # The export carries the training identities' mean style (the truncation trick's centre).
+    expected = t.G_ema.mean_style(t.z[~t.data.heldout])
+    assert model.style_mean is not None and torch.allclose(model.style_mean, expected, atol=1e-5)
+
+
+def test_truncation_pulls_rare_styles_to_the_mean(v2_trained, real_crop, tmp_path) -> None:
+    """ψ = 1 renders exactly as without truncation, ψ = 0 renders every identity with the mean
+    style, ψ in between moves the style linearly; an export with a style mean renders with any ψ,
+    weights without one refuse ψ < 1."""
+    from identitydp.generate.anonymizer import RENDERER_V2_NAME, IdentityDPAnonymizer
+    from identitydp.generate.checkpoint import export_generator, load_generator
+    from identitydp.models.registry import weight_path
+
+    model, id_mean, _ = load_generator(weight_path(RENDERER_V2_NAME))
+    z = torch.nn.functional.normalize(torch.randn(2, 128, generator=torch.Generator().manual_seed(0)), dim=1)
+    model.style_mean = model.mean_style(torch.nn.functional.normalize(torch.randn(500, 128), dim=1))
+    crop, lm68 = real_crop
+    x = torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 127.5 - 1
+    m = torch.from_numpy(mask_for(model.cfg, lm68))[None, None]
+    sk = torch.from_numpy(landmark_sketch(model.sketch_geometry(lm68), 128))[None]
+
+    def render(psi: float | None) -> torch.Tensor:
+        """Both identities, each with the same texture noise."""
+        extra = {} if psi is None else {"truncation": psi}
+        return torch.cat([model(x, m, sk, z[i : i + 1], torch.Generator().manual_seed(1), **extra)[1] for i in range(2)])
+
+    with torch.no_grad():
+        assert torch.equal(render(1.0), render(None))
+        zero = render(0.0)
+        assert torch.allclose(zero[0], zero[1], atol=1e-5)  # one style for every identity
+        gap = [float((out[0] - out[1]).abs().mean()) for out in (zero, render(0.5), render(1.0))]
+    assert gap[0] < 1e-5 < gap[1] < gap[2]
+    trained = v2_trained.out / "generator_fp16.safetensors"
+    assert IdentityDPAnonymizer(epsilon=1.0, seed=0, weights=trained, truncation=0.5).describe()["truncation"] == 0.5
+    bare = tmp_path / "no_style_mean.safetensors"
+    model.style_mean = None
+    export_generator(model, id_mean, bare, {"margin": 0.25})
+    assert IdentityDPAnonymizer(epsilon=1.0, seed=0, weights=bare).describe()["truncation"] == 1.0
+    with pytest.raises(ValueError, match="style mean"):
+        IdentityDPAnonymizer(epsilon=1.0, seed=0, weights=bare, truncation=0.5)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        IdentityDPAnonymizer(epsilon=1.0, seed=0, weights=trained, truncation=1.5)
 
 
 def test_v2_anonymizer_on_lfw(v2_trained, lfw_images) -> None:

@@ -309,7 +309,8 @@ def test_config_round_trip_and_anonymizer_pickles():
 
     config = AnonymizerConfig.create("identitydp", epsilon=2.0, mechanism="laplace", threshold=0.6)
     assert AnonymizerConfig.from_json(config.to_json()) == config
-    assert "identitydp_generator" in config.weights and len(config.weights["centerface"]) == 64
+    assert "identitydp_renderer_v2" in config.weights and len(config.weights["centerface"]) == 64  # the default renderer
+    assert "identitydp_generator" not in config.weights and "identitydp_generator_int8" not in config.weights
     anon = Anonymizer("dp-pix", epsilon=4.0, threshold=0.6)
     clone = pickle.loads(pickle.dumps(anon))
     assert clone.method.describe() == anon.method.describe() and clone.detector.threshold == 0.6
@@ -317,8 +318,10 @@ def test_config_round_trip_and_anonymizer_pickles():
     coarse = AnonymizerConfig.create("blur", min_face=40)
     assert AnonymizerConfig.from_json(coarse.to_json()) == coarse and coarse.build().detector.min_face == 40
     assert pickle.loads(pickle.dumps(coarse.build())).detector.min_face == 40  # what batch workers get
-    assert config.weights.get("identitydp_generator_int8") is not None  # the default runs the int8 renderer
-    assert "identitydp_generator_int8" not in AnonymizerConfig.create("identitydp", epsilon=1.0, precision="fp32").weights
+    v1 = AnonymizerConfig.create("identitydp", epsilon=1.0, weights="identitydp_generator")
+    assert v1.weights.get("identitydp_generator_int8") is not None  # v1's default runs the int8 renderer
+    assert "identitydp_generator_int8" not in AnonymizerConfig.create("identitydp", epsilon=1.0, precision="fp32",
+                                                                      weights="identitydp_generator").weights
     tampered = AnonymizerConfig.from_dict({**config.to_dict(), "weights": {**config.weights, "centerface": "0" * 64}})
     with pytest.raises(Exception, match="SHA-256"):
         tampered.build()

@@ -13,6 +13,8 @@ from identitydp.io import read_image
 
 pytest.importorskip("onnxruntime")
 
+from identitydp.generate.anonymizer import WEIGHTS_NAME  # noqa: E402 - the ONNX path is the v1 renderer's
+
 
 @pytest.fixture(scope="module")
 def face_and_anonymizers(bundled_faces):
@@ -21,9 +23,9 @@ def face_and_anonymizers(bundled_faces):
     image = read_image(bundled_faces[0]).pixels
     faces = CenterFaceDetector().detect(image)
     assert len(faces) >= 1
-    fast = IdentityDPAnonymizer(epsilon=1.0, seed=5, backend="onnxruntime", precision="fp32")
+    fast = IdentityDPAnonymizer(epsilon=1.0, seed=5, backend="onnxruntime", precision="fp32", weights=WEIGHTS_NAME)
     assert fast.model is None and fast.dlib is None  # nothing of torch loaded for it
-    slow = IdentityDPAnonymizer(epsilon=1.0, seed=5, backend="torch")
+    slow = IdentityDPAnonymizer(epsilon=1.0, seed=5, backend="torch", weights=WEIGHTS_NAME)
     return image, faces, fast, slow
 
 
@@ -41,13 +43,13 @@ def test_onnx_renders_what_torch_renders(face_and_anonymizers):
 
 
 def test_int8_renderer_stays_close_to_fp32_on_a_real_face(face_and_anonymizers):
-    """The default on CPU is the int8 renderer quantized from the shipped weights; on a real face
+    """v1's default on CPU is the int8 renderer quantized from its weights; on a real face
     its renderings stay within a few levels of fp32's (the evaluation compares the figures)."""
     from identitydp.align import align_batch
     from identitydp.generate.anonymizer import IdentityDPAnonymizer
 
     image, faces, fast, _ = face_and_anonymizers
-    int8 = IdentityDPAnonymizer(epsilon=1.0, seed=5)
+    int8 = IdentityDPAnonymizer(epsilon=1.0, seed=5, weights=WEIGHTS_NAME)
     assert int8.describe()["precision"] == "int8" and fast.describe()["precision"] == "fp32"
     crops = np.stack([a.crop for a in align_batch(image, faces.landmarks, fast.size, fast.margin)])
     identities = np.random.default_rng(0).normal(size=(len(crops), 128))
@@ -81,7 +83,7 @@ def test_int8_renderer_of_other_weights_is_not_used(tmp_path):
     with pytest.raises(WeightsError, match="int8"):
         IdentityDPAnonymizer(epsilon=1.0, seed=0, weights=other, precision="int8")
     with pytest.raises(ValueError, match="precision"):
-        IdentityDPAnonymizer(epsilon=1.0, seed=0, precision="fp8")
+        IdentityDPAnonymizer(epsilon=1.0, seed=0, precision="fp8", weights=WEIGHTS_NAME)
     shutil.rmtree(tmp_path, ignore_errors=True)
 
 
@@ -110,14 +112,16 @@ def test_dlib_on_onnx_matches_torch(bundled_faces):
     assert np.abs(fast - slow).max() < 1e-4
 
 
-def test_default_photo_path_never_imports_torch(tmp_path):
-    """The CLI's default IdentityDP path runs on ONNX Runtime: a fresh process anonymizes the
-    bundled photo without loading torch (start-up time and memory)."""
+def test_v1_photo_path_never_imports_torch(tmp_path):
+    """The CLI's IdentityDP path with the v1 renderer runs on ONNX Runtime: a fresh process
+    anonymizes the bundled photo without loading torch (start-up time and memory; the default v2
+    renderer runs on torch)."""
     import subprocess
     import sys
 
     code = ("import sys; from identitydp.cli import main; "
-            f"rc = main(['--threads', '1', 'anonymize', 'samples/group.jpg', '-o', {str(tmp_path / 'out.jpg')!r}, '--seed', '3']); "
+            f"rc = main(['--threads', '1', 'anonymize', 'samples/group.jpg', '-o', {str(tmp_path / 'out.jpg')!r}, '--seed', '3', "
+            "'--renderer', 'v1']); "
             "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', rc)")
     env = {**__import__("os").environ, "IDENTITYDP_LEDGER": str(tmp_path / "ledger.sqlite")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)

@@ -604,6 +604,10 @@ def test_cli_explain(capsys, projection, tmp_path):
     assert "<- this ε" in measured and "solid mask (the floor)" in measured and "mobileface" in measured
     assert measured.count("\n      ") >= 3  # one row per measured ε
     assert "give clearly different re-identification" in measured  # the knob turns
+    # each renderer has its own measured curve
+    assert main(["privacy", "explain", "--epsilon", "16", "--renderer", "v2"]) == 0
+    measured = capsys.readouterr().out.split("Measured for the shipped model")[1]
+    assert "renderer v2" in measured and "identitydp_renderer_v2" in measured and "<- this ε" in measured
     assert main(["privacy", "explain", "--epsilon", "1", "--sphere"]) == 0
     out = capsys.readouterr().out
     assert "unit sphere in R^128" in out and "22.63" in out and "Measured: not for this mechanism and domain" in out

@@ -753,3 +753,29 @@ def test_identitydp_render_every_reuses_renderings_without_leaks(tmp_path, scena
     # About one rendering per track per three frames (a track's first frame always renders).
     assert sum(rendered_faces) <= faces_pasted / 3 + len(stream.tracks) + 1
     assert not method._track_render  # dropped with the tracks
+
+
+def test_identitydp_v2_render_every_reuses_renderings_without_leaks(sprites, detector):
+    """The v2 renderer (the default) with render_every=3: one inpainting per track per three frames,
+    the last (rendering, paste mask) pasted at the face's current position in between; no leaks."""
+    torch = pytest.importorskip("torch")
+    from identitydp.generate.anonymizer import IdentityDPAnonymizer, RENDERER_V2_NAME
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        method = IdentityDPAnonymizer(epsilon=2.0, seed=5, weights=RENDERER_V2_NAME, render_every=3)
+        assert method.describe()["render_every"] == 3 and method.describe()["renderer"] == "v2-inpainting"
+        inpaintings = []
+        inpaint = method.inpaint
+        method.inpaint = lambda crop, identity, noise_seed=None: inpaintings.append(1) or inpaint(crop, identity, noise_seed)
+        clip = _scenario("crossing", sprites)
+        stats, outputs, stream = run_clip(clip, Anonymizer(method, detector=detector), detect_every=3)
+    finally:
+        torch.set_num_threads(threads)
+    faces_pasted = sum(len(report.faces) for _, report in outputs)
+    print(f"\nv2 render_every=3: {len(inpaintings)} renderings for {faces_pasted} anonymized faces, "
+          f"leaks alive={stats.leaks_alive} any={stats.leaks_any}")
+    assert stats.leaks_alive == 0 and stats.leaks_any == 0, stats.examples
+    assert len(inpaintings) <= faces_pasted / 3 + len(stream.tracks) + 1
+    assert not method._track_render  # dropped with the tracks

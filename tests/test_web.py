@@ -63,7 +63,14 @@ def test_api_limits_errors_and_no_user_paths(server, tmp_path):
     import httpx
 
     with httpx.Client(base_url=server, timeout=120) as c:
-        assert c.get("/api/info").json()["default_method"] == "identitydp"
+        info = c.get("/api/info").json()
+        assert info["default_method"] == "identitydp"
+        # what ε means comes from each renderer's committed measured curve (as `privacy explain`)
+        meaning = info["epsilon_meaning"]
+        assert {"v1", "v2"} <= set(meaning["identitydp"]) and meaning["people"] == 300
+        for curve in meaning["identitydp"].values():
+            assert {"1", "inf"} <= set(curve) and curve["1"] < curve["inf"]
+        assert meaning["reference"]["solid mask"] < meaning["identitydp"]["v1"]["inf"] < meaning["reference"]["no anonymization"]
         big = b"\xff\xd8" + os.urandom(6 * 2**20)
         r = c.post("/api/anonymize", files={"file": ("big.jpg", big)}, data={"method": "blur"})
         assert r.status_code == 413 and "limit" in r.json()["error"]

@@ -44,15 +44,16 @@ DP_PIX_GRID = 64
 THRESHOLD = bounded_float(0, 1, low_open=True, high_open=True)
 
 #: ε of identitydp when --epsilon is not given: the smallest ε of the evaluation, at which no
-#: judge re-identifies more than 1.5 % of LFW's 1,680 people (docs/evaluation.md).
+#: judge re-identifies more than 1 % of LFW's 1,680 people with the v2 renderer (docs/results/lfw-full-v2d).
 DEFAULT_IDENTITYDP_EPSILON = 1.0
 
-#: --privacy presets for identitydp: name -> (ε, what it measured on 300 LFW people with the shipped
-#: model, MobileFace rank-1 re-identification; chance 0.3 %, solid mask 0.3 %, ε = inf 33 %).
+#: --privacy presets for identitydp: name -> (ε, what it measured on 300 LFW people with the default
+#: v2 renderer, MobileFace rank-1 re-identification; chance 0.3 %, solid mask 0.3 %, ε = inf 28 %;
+#: docs/results/lfw300-knob-v2, src/identitydp/weights/privacy_curve_v2.json).
 PRIVACY_PRESETS = {
-    "strong": (1.0, "rank-1 1.7 %: a new identity (the default)"),
-    "medium": (16.0, "rank-1 6.3 %: a look-alike, apparent gender mostly kept (67 %)"),
-    "light": (64.0, "rank-1 22 %: close to the person, gender 87 %, age within 7 years"),
+    "strong": (1.0, "rank-1 0.7 %: a new identity (the default)"),
+    "medium": (16.0, "rank-1 3.3 %: a look-alike, apparent gender mostly kept (73 %)"),
+    "light": (64.0, "rank-1 16 %: close to the person, gender 88 %, age within 7 years"),
 }
 
 
@@ -106,19 +107,20 @@ def add_method_arguments(p) -> None:
     p.add_argument(
         "--geometry",
         action="store_true",
-        help="identitydp: warp the rendering onto the original's 68 landmarks (keeps pose and expression closer, but "
-             "face shape carries identity, and dlib's 68-point model is for non-commercial use only); off by default",
+        help="identitydp with --renderer v1: warp the rendering onto the original's 68 landmarks (keeps pose and "
+             "expression closer, but face shape carries identity, and dlib's 68-point model is for non-commercial use "
+             "only); off by default",
     )
     p.add_argument("--keep", type=kept_attributes, metavar="ATTRS",
                    help="identitydp: release these attributes of the identity as they are, NOT private (gender, age, or "
                         "gender,age); the noise goes on the rest; each face's kept values go to the ledger")
     p.add_argument("--precision", choices=["auto", "int8", "fp32"],
-                   help="identitydp renderer arithmetic on the CPU: int8 convolutions (auto, the default: ~1.4x faster on a VNNI CPU, "
-                        "renderings ~2 levels of 255 from fp32, same evaluation figures) or fp32")
+                   help="--renderer v1 arithmetic on the CPU: int8 convolutions (auto, the default: ~1.4x faster on a VNNI CPU, "
+                        "renderings ~2 levels of 255 from fp32, same evaluation figures) or fp32 (v2 always runs in fp32)")
     p.add_argument("--renderer", choices=["v1", "v2"],
-                   help="identitydp renderer: v1 (the default, AEI-Net: it reads the original face, docs/privacy.md) or v2 "
-                        "(experimental inpainting renderer: never sees the inner face; more realistic by the independent "
-                        "judges' Fréchet distance but artefacts on hard faces, docs/generator_card.md)")
+                   help="identitydp renderer: v2 (the default: an inpainting renderer that never sees the inner face, "
+                        "docs/generator_card.md) or v1 (the first AEI-Net generator: it reads the original face, "
+                        "docs/privacy.md; softer, less realistic by the independent judges' Fréchet distance)")
     p.add_argument("--no-geometry", action="store_true", help=argparse.SUPPRESS)  # the default since 0.1; kept for old scripts
     p.add_argument("--sigma", type=bounded_float(0, 1, low_open=True), help="blur σ as a fraction of the face size, in (0, 1] (default 0.1)")
     p.add_argument("--blocks", type=bounded_int(1, MAX_BLOCKS), help=f"pixelate: cells across the face, 1..{MAX_BLOCKS} (default 8)")
@@ -165,13 +167,16 @@ def _method_params(args) -> dict:
         params.update(epsilon=args.epsilon, mechanism=args.mechanism, delta=args.delta, projection=False if args.sphere else None,
                       geometry=True if args.geometry and not args.no_geometry else None, keep=args.keep,
                       render_every=render_every, precision=getattr(args, "precision", None))
-        if getattr(args, "renderer", None) == "v2":
-            from .generate.anonymizer import RENDERER_V2_NAME
+        from .generate.anonymizer import DEFAULT_RENDERER, RENDERERS
 
+        renderer = getattr(args, "renderer", None) or DEFAULT_RENDERER
+        if renderer != "v1":
             if getattr(args, "precision", None) == "int8":
-                raise IdentityDPError("--precision int8 is for the v1 renderer; --renderer v2 runs in fp32")
-
-            params["weights"] = RENDERER_V2_NAME
+                raise IdentityDPError(f"--precision int8 is for the v1 renderer (--renderer v1); {renderer} runs in fp32")
+            if params["geometry"]:
+                raise IdentityDPError(f"--geometry warps the v1 renderer's output (--renderer v1); {renderer} draws the "
+                                      "pose and expression from the face's landmarks itself")
+        params["weights"] = RENDERERS[renderer]
     if getattr(args, "renderer", None) is not None and args.method != "identitydp":
         raise IdentityDPError(f"--renderer applies to the identitydp method, not to {args.method}")
     if getattr(args, "precision", None) is not None and args.method != "identitydp":
@@ -276,8 +281,8 @@ def print_summary(summary, plan, method: str, ledger_path: Path | None, *, paran
             print(f"note: {uncertain} possible face(s) scored between 0.25 and the threshold and were left as they are; "
                   "look at them (--report lists where) or rerun with --paranoid to mask them", file=sys.stderr)
     if summary.ledger is not None and summary.releases:
-        print(f"privacy ledger: {ledger_path} ({summary.releases} releases now; max ε spent on one face: "
-              f"{summary.ledger['max_spent_epsilon']})")
+        print(f"privacy ledger: {ledger_path} ({summary.releases} releases in this run; max ε spent on one face "
+              f"over all runs: {summary.ledger['max_spent_epsilon']})")
 
 
 def run_anonymize(args) -> int:

@@ -1,17 +1,20 @@
 """The measured privacy curve of a run: re-identification and acceptance per ε, for users.
 
 ``identitydp eval`` writes ``privacy_curve.json`` into every run folder (from ``results.jsonl``
-alone); the file committed as ``src/identitydp/weights/privacy_curve.json`` is the one of the
-300-people run of the default domain (docs/results/lfw300-knob), and ``identitydp privacy explain`` prints it next to the
-maths, so that a user picks ε from evidence rather than from the bound alone.
+alone). One curve per shipped renderer is committed in ``src/identitydp/weights/``:
+``privacy_curve.json`` (v1, the 300-people run of the default domain, docs/results/lfw300-knob)
+and ``privacy_curve_v2.json`` (v2, docs/results/lfw300-knob-v2); ``identitydp privacy explain
+[--renderer v2]`` and the web page show them next to the maths, so that a user picks ε from
+evidence rather than from the bound alone.
 
 Per IdentityDP setting (method parameters, ε) it keeps, for each judge: rank-1 re-identification
 among the run's probe people (chance = 1 / people) and the verification acceptance at the judge's
 FAR threshold, each with its 95 % interval; and the same for the solid mask (the floor) and for
 the originals (what an unanonymized photo gives).
 
-Rebuild the committed file:
+Rebuild the committed files:
     python -m identitydp.eval.curve docs/results/lfw300-knob -o src/identitydp/weights/privacy_curve.json --default-params '{"projection": true}'
+    python -m identitydp.eval.curve docs/results/lfw300-knob-v2 -o src/identitydp/weights/privacy_curve_v2.json --default-params '{"weights": "identitydp_renderer_v2"}'
 """
 
 from __future__ import annotations

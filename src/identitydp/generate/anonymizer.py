@@ -40,10 +40,15 @@ from .checkpoint import EXPORT_FORMAT_V2, read_metadata
 
 log = logging.getLogger(__name__)
 
-#: Registry name of the shipped generator (attribute encoder + AAD generator, fp16 safetensors).
+#: Registry name of the v1 generator (attribute encoder + AAD generator, fp16 safetensors):
+#: opt-in since 2026-12-06 (``weights=WEIGHTS_NAME``, ``--renderer v1``); it reads the original face.
 WEIGHTS_NAME = "identitydp_generator"
-#: The registered v2 (inpainting) renderer: opt-in (``weights=RENDERER_V2_NAME``, ``--renderer v2``).
+#: The registered v2 (inpainting) renderer, the default: it never sees the original inner face.
 RENDERER_V2_NAME = "identitydp_renderer_v2"
+#: The renderers a user picks by name (CLI ``--renderer``, web form, job config).
+RENDERERS = {"v1": WEIGHTS_NAME, "v2": RENDERER_V2_NAME}
+DEFAULT_RENDERER = "v2"
+DEFAULT_WEIGHTS_NAME = RENDERERS[DEFAULT_RENDERER]
 PROJECTION_NAME = "identity_projection_k16"
 #: The paste may change pixels only inside the detector box enlarged by this fraction per side.
 PASTE_REGION = 0.25
@@ -92,7 +97,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         seed: seeded, reproducible noise for tests and experiments (NOT private against an adversary
             who knows or guesses the seed); ``None`` (default) uses the vetted secure sampler.
         weights: path or registry name of an exported generator (v1 or v2); default: the
-            registered ``identitydp_generator``.
+            registered v2 renderer ``identitydp_renderer_v2`` (``identitydp_generator``: v1).
         device: torch device for the networks.
         color_match: match the generated face's colours to the original inside the mask.
         projection: the domain of the noise. ``None`` (default): the registered public
@@ -100,8 +105,9 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             ``keep`` is given (then the sphere); ``True``: that projection; a path: another
             fitted projection; ``False``: the whole 128-d unit sphere. Same ε-DP guarantee in
             every domain; the projection needs far less noise per ε, so ε is a knob there (on
-            300 LFW people MobileFace rank-1 1.7 / 6.3 / 22.3 / 33.0 % at ε = 1 / 16 / 64 / ∞),
-            while on the sphere every ε ≤ 16 gives a random identity (1.3-2.7 %) and ε = ∞
+            300 LFW people MobileFace rank-1 0.7 / 1.7 / 3.3 / 16.0 / 28.3 % at ε = 1 / 4 / 16 /
+            64 / ∞ with v2, docs/results/lfw300-knob-v2; 1.7 / 2.0 / 6.3 / 22.3 / 33.0 % with v1),
+            while on the sphere (v1) every ε ≤ 16 gives a random identity (1.3-2.7 %) and ε = ∞
             gives the person back (58 %).
         geometry: warp the rendering onto the original face's 68 landmarks (dlib's shape
             predictor), so pose, expression and outline follow the original. Off by default:
@@ -128,7 +134,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             registered graph was exported from these weights, else torch), ``"onnxruntime"``
             (required: a clear error otherwise) or ``"torch"``. Same network and weights; ORT
             is ~1.5-2x faster on CPU.
-        render_every: video, v1: render a tracked face on every N-th frame of its track only and,
+        render_every: video: render a tracked face on every N-th frame of its track only and,
             in between, paste its last rendering at the face's current position (aligned to the
             current frame's landmarks, colour-matched to the current frame), so a track costs
             1/N of the renderer's time. The face follows the head's motion at once, its
@@ -140,6 +146,13 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             training data are kept exactly (NOT private; each face's values go into its privacy
             record and the ledger), and the noise goes on the rest of identity space. Not with
             ``projection``.
+        truncation: v2: ψ in [0, 1] of the truncation trick, w ← w̄ + ψ (w − w̄) on the
+            renderer's style (w̄: the training identities' mean style, in weights exported since
+            2026-12-06). Rare styles, where the renderer paints blotchy texture, move towards
+            common ones; a function of the released identity only, so post-processing of the DP
+            release. 1 (default): off. Measured on 300 LFW people (docs/generator_card.md) at
+            ψ = 0.7: fewer blotchy faces to the eye, but sharpness ratio 0.87 → 0.76, MobileFace
+            Fréchet distance 0.372 → 0.394 and less diversity, so it is not the default.
         precision: v1 renderer arithmetic on ONNX Runtime: ``"auto"`` (default: int8
             convolutions where ``scripts/quantize_renderer.py`` quantized the weights in use,
             else fp32), ``"int8"`` (required: a clear error otherwise) or ``"fp32"``. int8 is
@@ -174,6 +187,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         keep=(),
         render_every: int = 1,
         precision: str = "auto",
+        truncation: float = 1.0,
     ) -> None:
         from ..align import face_mask, template_for
         from ..models.registry import registry, weight_path
@@ -209,7 +223,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         else:
             self.mechanism = make_mechanism(mechanism, epsilon=self.epsilon, delta=delta, domain=domain, rng=rng)
         if weights is None:
-            path = weight_path(WEIGHTS_NAME)
+            path = weight_path(DEFAULT_WEIGHTS_NAME)
         elif isinstance(weights, str) and weights in registry():
             path = weight_path(weights)  # a registered renderer by name, e.g. "identitydp_renderer_v2"
         else:
@@ -241,6 +255,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
                                    "(scripts/export_onnx.py)")
         if self._onnx is None:
             self._load_torch()
+        self.truncation = self._resolve_truncation(truncation)
         self.size = int(json.loads(self.meta["net"])["size"])
         self.margin = float(self.meta["margin"])
         self.mask = face_mask(self.size, self.margin)
@@ -249,14 +264,18 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self._tracks: dict[int, np.ndarray] = {}
         # v2 video: track id -> seed of the renderer's texture noise (same texture every frame).
         self._track_noise: dict[int, int] = {}
-        # v1 video with render_every > 1: track id -> (its last rendering, frames it has been used on).
-        self._track_render: dict[int, tuple[np.ndarray, int]] = {}
+        # Video with render_every > 1: track id -> (its last rendering, frames it has been used on);
+        # v1 keeps the rendered crop, v2 the (composite crop, paste mask) pair.
+        self._track_render: dict[int, tuple] = {}
         # Seeded runs reproduce the texture too; otherwise it is fresh every call.
         self._texture_rng = np.random.default_rng(seed) if seed is not None else None
         if self.inpainting:
             from ..models.landmarks68 import Landmarks68, crop_face_box
 
-            # The v2 renderer needs no fusion or warp; both options are ignored (describe() says so).
+            if geometry:
+                raise ValueError("geometry warps the v1 renderer's output; the v2 renderer draws the pose and "
+                                 "expression from the face's landmarks itself")
+            # The v2 renderer needs no mirror fusion (on by default for v1): ignored, describe() says so.
             self.mirror_fusion = False
             self.geometry = False
             self.geometry_strength = 0.0
@@ -327,6 +346,16 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             self._onnx.graph.build()
             self._dlib_onnx.graph.build()
 
+    def _resolve_truncation(self, truncation: float) -> float:
+        """Check ψ: a number in [0, 1]; below 1 only for a v2 renderer whose weights carry a style mean."""
+        has_mean = self.inpainting and getattr(self.model, "style_mean", None) is not None
+        if isinstance(truncation, bool) or not isinstance(truncation, (int, float)) or not 0.0 <= truncation <= 1.0:
+            raise ValueError(f"truncation must be a number in [0, 1], got {truncation!r}")
+        if truncation != 1.0 and not has_mean:
+            raise ValueError("truncation is for a v2 renderer exported with its style mean (scripts/add_style_mean.py); "
+                             f"{self.weights.name} has none")
+        return float(truncation)
+
     def _load_torch(self) -> None:
         import torch
 
@@ -349,10 +378,11 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             "geometry": self.geometry,
             "geometry_strength": self.geometry_strength,
             "mirror_fusion": self.mirror_fusion,
-            "render_every": None if self.inpainting else self.render_every,
+            "render_every": self.render_every,
             "generator": self.weights.name,
             "renderer": "v2-inpainting" if self.inpainting else "v1-aei",
             "grain": self.grain if self.inpainting else None,
+            "truncation": self.truncation if self.inpainting else None,
             "backend": self.backend,
             "precision": self.precision,
         }
@@ -444,7 +474,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         gen = torch.Generator(device=self.device)
         gen.manual_seed(int(noise_seed))
         with torch.inference_mode():
-            raw = self.model(x, m, sk, z, gen)[1].float()
+            raw = self.model(x, m, sk, z, gen, truncation=self.truncation)[1].float()
         rendered = ((raw[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
         # Multi-band blend into the crop's own context, then grain like the photo's around the face.
         # The "outside" image must not contain the original inner face: its pyramid's coarse
@@ -636,10 +666,17 @@ class IdentityDPAnonymizer(FaceAnonymizer):
 
         region = enlarged_box(faces.boxes[i], PASTE_REGION)
         if self.inpainting:
-            seed = None if self._texture_rng is None else int(self._texture_rng.integers(2**62))
-            if track is not None:
-                seed = self._track_noise.setdefault(track, secrets.randbits(62) if seed is None else seed)
-            face, mask = self.inpaint(aligned.crop, noisy, noise_seed=seed)
+            cached = self._track_render.get(track) if track is not None and self.render_every > 1 else None
+            if cached is not None and cached[1] < self.render_every:
+                face, mask = cached[0]
+                self._track_render[track] = (cached[0], cached[1] + 1)
+            else:
+                seed = None if self._texture_rng is None else int(self._texture_rng.integers(2**62))
+                if track is not None:
+                    seed = self._track_noise.setdefault(track, secrets.randbits(62) if seed is None else seed)
+                face, mask = self.inpaint(aligned.crop, noisy, noise_seed=seed)
+                if track is not None and self.render_every > 1:
+                    self._track_render[track] = ((face, mask), 1)
             return paste_face(out, face, aligned.inverse, mask, color_match=self.color_match,
                               original_crop=aligned.crop, region=region)
         face = rendered

@@ -8,7 +8,8 @@ Two formats, told apart by the ``format`` metadata key:
   (:class:`identitydp.generate.inpaint.InpaintGenerator`), which never sees the inner face.
 
 Each file holds fp16 weights, the fp32 identity mean (128,) the generator was trained with
-(identities are centred by it), and in its metadata the network config (``net``, JSON) and the
+(identities are centred by it), for v2 optionally the fp32 mean style ``style_mean`` (w_dim,) of
+the training identities (the truncation trick's centre), and in its metadata the network config (``net``, JSON) and the
 alignment ``margin``.
 """
 
@@ -39,6 +40,9 @@ def export_generator(model: nn.Module, id_mean: torch.Tensor, path: str | Path, 
 
     tensors = {k: (v.half() if keeps_fp16(k, v) else v).detach().contiguous().cpu() for k, v in model.state_dict().items()}
     tensors["id_mean"] = id_mean.float().cpu().contiguous()
+    style_mean = getattr(model, "style_mean", None)
+    if style_mean is not None:  # v2: the truncation trick's centre (InpaintGenerator.forward)
+        tensors["style_mean"] = style_mean.float().cpu().contiguous()
     info = {k: str(v) for k, v in meta.items()}
     info["format"] = EXPORT_FORMAT_V2 if isinstance(model, InpaintGenerator) else EXPORT_FORMAT
     info["net"] = json.dumps(model.cfg.to_dict())
@@ -87,6 +91,9 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
         raise ValueError(f"{path} is not an exported identitydp generator (format {fmt!r})")
     tensors = load_file(str(path), device=str(device))
     id_mean = tensors.pop("id_mean").float()
+    style_mean = tensors.pop("style_mean", None)
     own = model.state_dict()
     model.load_state_dict({k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in tensors.items()})
+    if style_mean is not None:
+        model.style_mean = style_mean.float()
     return model.to(device).eval().requires_grad_(False), id_mean, meta

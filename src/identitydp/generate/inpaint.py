@@ -356,6 +356,18 @@ class InpaintGenerator(nn.Module):
             # Public shape model, in 128-px crop coordinates (set by the trainer, shipped in the weights).
             self.register_buffer("shape_mean", torch.zeros(136, dtype=torch.float64))
             self.register_buffer("shape_basis", torch.zeros(cfg.shape_components, 136, dtype=torch.float64))
+        # (w_dim,) mean style of the training identities, for the truncation trick (see forward);
+        # set by the trainer at export and by the loader, not a learned or trained-state tensor.
+        self.style_mean: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def mean_style(self, identities: torch.Tensor, batch: int = 2048) -> torch.Tensor:
+        """(N, id_dim) centred unit identities → (w_dim,) float32 mean of their styles."""
+        total = None
+        for i in range(0, identities.shape[0], batch):
+            w = self.mapping(identities[i : i + batch].float()).double().sum(0)
+            total = w if total is None else total + w
+        return (total / identities.shape[0]).float()
 
     def sketch_geometry(self, landmarks68: np.ndarray) -> np.ndarray:
         """The landmarks the sketch is drawn from: (68, 2) → (68, 2), crop pixels at this size.
@@ -373,8 +385,17 @@ class InpaintGenerator(nn.Module):
         return ((mean + basis.T @ (basis @ flat)) * scale).reshape(68, 2)
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor, sketch: torch.Tensor, z: torch.Tensor,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                generator: torch.Generator | None = None, truncation: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``truncation`` ψ < 1 pulls the style towards the training identities' mean style,
+        w ← w̄ + ψ (w − w̄) (StyleGAN's truncation trick): rare styles, where the renderer paints
+        blotchy texture, move towards common ones. A deterministic function of the identity
+        vector, so after the DP release it is post-processing. Needs :attr:`style_mean`."""
         w = self.mapping(z)
+        if truncation != 1.0:
+            if self.style_mean is None:
+                raise ValueError("truncation needs the style mean (style_mean) these weights were exported without")
+            mean = self.style_mean.to(w)
+            w = mean + truncation * (w - mean)
         h = F.leaky_relu(self.stem(generator_input(images, mask, sketch, self.cfg.colour_grid)), 0.2)
         skips = [h]
         for block in self.encoder:

@@ -30,13 +30,13 @@ def _weights_for(method: str, params: Mapping[str, Any]) -> dict[str, str]:
     names = ["centerface"]
     files: dict[str, str] = {}
     if method == "identitydp":
-        from ..generate.anonymizer import PROJECTION_NAME, WEIGHTS_NAME
+        from ..generate.anonymizer import DEFAULT_WEIGHTS_NAME, PROJECTION_NAME, WEIGHTS_NAME
         from ..models.registry import weights_sha256
 
         names += ["dlib_resnet"]
         weights = params.get("weights")
         if weights is None or (isinstance(weights, str) and weights in registry()):
-            generator = weights or WEIGHTS_NAME
+            generator = weights or DEFAULT_WEIGHTS_NAME
             names.append(generator)
         else:  # a renderer file outside the registry (an experiment): fingerprint that file
             generator = None

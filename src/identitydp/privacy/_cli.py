@@ -28,6 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("--projection", default=None, help="a fitted projection .safetensors (gives d, k and R; default: the "
                     "registered identity_projection_k16, the domain `identitydp anonymize` uses)")
     ex.add_argument("--sphere", action="store_true", help="explain the whole unit sphere in R^--dim instead (anonymize --sphere)")
+    ex.add_argument("--renderer", choices=("v1", "v2"), default="v2",
+                    help="whose measured re-identification curve to show (as anonymize --renderer; default v2, the default renderer)")
     ex.set_defaults(func=_explain)
 
 
@@ -74,5 +76,6 @@ def _explain(args: argparse.Namespace) -> int:
         domain = UnitSphere(args.dim)
     explanation = explain(args.mechanism, epsilon=args.epsilon, delta=args.delta, domain=domain, notes=tuple(notes))
     sys.stdout.write(explanation.text() + "\n")
-    sys.stdout.write(measured_curve_text(args.mechanism, epsilon=args.epsilon, domain=domain if shipped else None) + "\n")
+    sys.stdout.write(measured_curve_text(args.mechanism, epsilon=args.epsilon, domain=domain if shipped else None,
+                                         renderer=args.renderer) + "\n")
     return 0

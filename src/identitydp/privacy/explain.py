@@ -16,7 +16,7 @@ from .domains import Domain
 from .mechanisms import MECHANISMS, GaussianMechanism, LaplaceMechanism, Mechanism, MetricMechanism, make_mechanism
 from .sampling import NoiseSource
 
-__all__ = ["Explanation", "explain", "explain_mechanism", "MECHANISMS"]
+__all__ = ["Explanation", "curve_path", "explain", "explain_mechanism", "load_curve", "MECHANISMS", "rank1_by_epsilon"]
 
 #: Priors shown in the odds table.
 PRIORS = (0.01, 0.1, 0.5)
@@ -207,10 +207,49 @@ def explain(
     return explain_mechanism(make_mechanism(mechanism, epsilon=epsilon, domain=domain, delta=delta, rng=rng), notes=notes)
 
 
-#: The measured curve of the shipped model (written by ``identitydp eval``; see
-#: :mod:`identitydp.eval.curve`, which builds it, and docs/evaluation.md).
-CURVE_FILE = "privacy_curve.json"
+#: The measured curve of each shipped renderer, a file in the weights folder (written by
+#: ``identitydp eval``; see :mod:`identitydp.eval.curve`, which builds it, and docs/evaluation.md).
+#: Re-identification depends on the renderer as much as on ε, so each has its own.
+CURVE_FILES = {"v1": "privacy_curve.json", "v2": "privacy_curve_v2.json"}
+CURVE_FILE = CURVE_FILES["v1"]
 CURVE_JUDGE = "mobileface"
+
+
+def curve_path(renderer: str = "v1"):
+    """Path of the committed measured curve of ``renderer`` (``"v1"`` or ``"v2"``).
+
+    Raises:
+        PrivacyError: for an unknown renderer name.
+    """
+    from ..models.registry import WEIGHTS_DIR
+
+    if renderer not in CURVE_FILES:
+        raise PrivacyError(f"unknown renderer {renderer!r}; choose one of {', '.join(CURVE_FILES)}")
+    return WEIGHTS_DIR / CURVE_FILES[renderer]
+
+
+def load_curve(renderer: str = "v1") -> dict | None:
+    """The measured curve of ``renderer`` as a dict, or None when no file is shipped for it."""
+    import json
+
+    path = curve_path(renderer)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def default_points(curve: dict) -> list[dict]:
+    """The curve's points of the product's default setting (its ``default_params``), by ε."""
+    default = curve.get("default_params", {})
+    return [p for p in curve.get("points", []) if p.get("params", {}) == default]
+
+
+def rank1_by_epsilon(curve: dict, judge: str = CURVE_JUDGE) -> dict[str, float]:
+    """``{"1": 0.0167, …, "inf": 0.33}``: the judge's rank-1 rate at each measured ε of the default setting."""
+    out: dict[str, float] = {}
+    for p in default_points(curve):
+        rank1 = p["judges"].get(judge, {}).get("rank1")
+        if rank1 is not None:
+            out["inf" if p["epsilon"] == "inf" else f"{float(p['epsilon']):g}"] = rank1["value"]
+    return out
 
 
 def _fmt_rate(entry: dict | None) -> str:
@@ -221,35 +260,31 @@ def _fmt_rate(entry: dict | None) -> str:
     return f"{text} [{100 * ci[0]:.2f}–{100 * ci[1]:.2f}]" if ci else text
 
 
-def measured_curve_text(mechanism: str, *, epsilon: float, domain: Domain | None, path=None) -> str:
+def measured_curve_text(mechanism: str, *, epsilon: float, domain: Domain | None, path=None, renderer: str = "v1") -> str:
     """What ``identitydp eval`` measured for the shipped model, as lines of text (or why nothing).
 
     Only the setting the curve was measured for is shown (the default: Laplace in the registered
     public projection; pass ``domain=None`` for any domain that is not the registered one); for any
     other mechanism or domain the text says that it is not measured and how to measure it.
+    ``renderer`` picks the shipped curve (``path`` overrides it).
     """
     import json
     from pathlib import Path
 
     from .domains import Projection
 
-    if path is None:
-        from ..models.registry import WEIGHTS_DIR
-
-        path = WEIGHTS_DIR / CURVE_FILE
-    path = Path(path)
+    path = Path(path) if path is not None else curve_path(renderer)
     how = ("identitydp eval --methods 'identitydp:epsilon=1,4,16,inf;mechanism=" + mechanism + "' (add projection=... for a "
            "projection) measures it; its run folder gets a privacy_curve.json")
     if not path.is_file():
         return f"Measured: no curve file ({path}); {how}."
     curve = json.loads(path.read_text())
-    default = curve.get("default_params", {})
-    points = [p for p in curve.get("points", []) if p.get("params", {}) == default]  # the default setting only
+    points = default_points(curve)
     if mechanism != "laplace" or not isinstance(domain, Projection) or not points:
         return (f"Measured: not for this mechanism and domain (the shipped curve is Laplace in the public projection, "
                 f"the default; docs/privacy.md has the unit sphere's); {how}.")
     judge = CURVE_JUDGE
-    lines = [f"Measured for the shipped model (not a guarantee: one model, one data set; {curve['source']}).",
+    lines = [f"Measured for the shipped model, renderer {renderer} (not a guarantee: one model, one data set; {curve['source']}).",
              f"Judge: {judge} (independent: not in the renderer's training loss). Rank-1: the anonymized photo is matched "
              f"against one other, original photo of every probe person (chance {100 * (curve.get('chance_rank1') or 0):.2f} %); "
              "accepted: the anonymized photo passes as the same person as the original at the judge's FAR 0.1 % threshold.",

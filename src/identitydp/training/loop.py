@@ -170,6 +170,8 @@ class TimedTrainer:
         tmp = self.out / "ckpt_fp16.tmp"
         save_file(tensors, str(tmp), metadata=meta)
         os.replace(tmp, self.out / "ckpt_fp16.safetensors")
+        if hasattr(self.G_ema, "mean_style"):  # v2: the truncation trick's centre ships with the weights
+            self.G_ema.style_mean = self.G_ema.mean_style(self.z[~self.data.heldout.to(self.z.device)]).cpu()
         export_generator(self.G_ema, self.id_mean, self.out / "generator_fp16.safetensors", {
             **meta,
             "device": torch.cuda.get_device_name(self.device) if self.cuda else "cpu",

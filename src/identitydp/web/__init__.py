@@ -1,5 +1,5 @@
 """The local web UI (`identitydp serve`), on the job layer. See :func:`create_app`."""
 
-from .app import EPSILON_MEANING, WebError, create_app
+from .app import WebError, create_app, epsilon_meaning
 
-__all__ = ["EPSILON_MEANING", "WebError", "create_app"]
+__all__ = ["WebError", "create_app", "epsilon_meaning"]

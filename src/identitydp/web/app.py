@@ -30,15 +30,32 @@ COOKIE = "identitydp_session"
 IMAGE_TYPES = {"JPEG": ".jpg", "PNG": ".png", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif"}
 VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 
-#: What ε means, measured: MobileFace (an independent recognizer, not in the v1 generator's loss)
-#: rank-1 re-identification among 300 LFW people (chance 0.33 %) with the default domain (the public
-#: projection), docs/results/lfw300-knob; the same figures `identitydp privacy explain` prints.
-EPSILON_MEANING = {
-    "source": "300 LFW people, MobileFace rank-1 re-identification, default domain (docs/results/lfw300-knob)",
-    "people": 300,
-    "identitydp": {"1": 0.0167, "4": 0.02, "16": 0.0633, "64": 0.2233, "inf": 0.33},
-    "reference": {"no anonymization": 0.7367, "solid mask": 0.0033, "chance": 0.0033},
-}
+def epsilon_meaning() -> dict:
+    """What ε means, measured, for the page: MobileFace (an independent recognizer, in no
+    renderer's training loss) rank-1 re-identification per ε of the default setting, per renderer,
+    from the committed curves that ``identitydp privacy explain`` prints too; with the references
+    (original photo, solid mask, chance) of the default renderer's run."""
+    from ..generate.anonymizer import DEFAULT_RENDERER
+    from ..privacy.explain import CURVE_FILES, CURVE_JUDGE, load_curve, rank1_by_epsilon
+
+    curves = {name: load_curve(name) for name in CURVE_FILES}
+    per_renderer = {name: rank1_by_epsilon(c) for name, c in curves.items() if c is not None}
+    base = curves.get(DEFAULT_RENDERER) or next((c for c in curves.values() if c is not None), None)
+    if base is None:
+        return {"people": 0, "identitydp": {}, "reference": {}, "source": {}}
+    people = (base.get("protocol") or {}).get("people", 0)
+
+    def rank1(key: str) -> float | None:
+        entry = ((base.get(key) or {}).get(CURVE_JUDGE) or {}).get("rank1")
+        return entry["value"] if entry else None
+
+    return {
+        "people": people,
+        "identitydp": per_renderer,
+        "source": {name: c["source"] for name, c in curves.items() if c is not None},
+        "reference": {"no anonymization": rank1("originals"), "solid mask": rank1("floor_mask"),
+                      "chance": base.get("chance_rank1")},
+    }
 
 
 class WebError(IdentityDPError):
@@ -273,7 +290,7 @@ def create_app(*, ledger: Path, workdir: Path | None = None, max_upload_mb: floa
 
         s = session_of(request)
         return with_cookie({"methods": METHOD_CHOICES, "default_method": "identitydp", "default_epsilon": DEFAULT_IDENTITYDP_EPSILON,
-                            "epsilon_meaning": EPSILON_MEANING, "max_upload_mb": state.max_upload / 2**20,
+                            "epsilon_meaning": epsilon_meaning(), "max_upload_mb": state.max_upload / 2**20,
                             "max_megapixels": state.max_pixels / 1e6, "exempt_references": _exempt_list(s)}, s)
 
     def _exempt_list(s: Session) -> list[str]:
@@ -463,10 +480,10 @@ def _params(method: str, epsilon: str, mechanism: str, renderer: str = "") -> di
         if mechanism not in ("laplace", "gaussian", "metric"):
             raise WebError(f"unknown mechanism {mechanism!r}")
         params["mechanism"] = mechanism
-    if method == "identitydp" and renderer not in ("", "v1"):
-        if renderer != "v2":
-            raise WebError(f"unknown renderer {renderer!r} (v1 or v2)")
-        from ..generate.anonymizer import RENDERER_V2_NAME
+    if method == "identitydp":
+        from ..generate.anonymizer import DEFAULT_RENDERER, RENDERERS
 
-        params["weights"] = RENDERER_V2_NAME
+        if renderer not in ("", *RENDERERS):
+            raise WebError(f"unknown renderer {renderer!r} ({' or '.join(RENDERERS)})")
+        params["weights"] = RENDERERS[renderer or DEFAULT_RENDERER]
     return params
