@@ -1,7 +1,7 @@
 """Export the shipped generator's *graph* (no weights) for ONNX Runtime.
 
-Writes, next to the weights, for the v1 renderer (``identitydp_generator``) and dlib's ResNet
-(``dlib_resnet``):
+Writes, next to the weights, for the v1 renderer (``identitydp_generator``), the v2 renderer
+(``identitydp_renderer_v2``, its texture noise as inputs) and dlib's ResNet (``dlib_resnet``):
 
 * ``<name>.graph.onnx`` — the network's computation graph (opset 17, dynamic batch), every weight
   marked as external data with no file behind it: no numbers that are not in the checksummed
@@ -16,6 +16,7 @@ one place and the graph cannot carry stale ones. The export is checked here: ORT
 inputs must match torch's to 1e-4, and dlib's NumPy-built weights must equal the torch loader's.
 
     python scripts/export_onnx.py            # needs the `export` extra (onnx) and onnxruntime
+    python scripts/export_onnx.py --only v2  # just the v2 renderer's graph
 
 Re-run it whenever the generator's architecture changes (the test suite compares ORT to torch on a
 real face and fails if the graph no longer fits the weights).
@@ -127,6 +128,55 @@ def export_generator() -> list[tuple[str, Path, str]]:
             ("identitydp_generator_onnx_index", i, "the v1 renderer (identitydp.generate.networks.FaceGenerator)")]
 
 
+class _InpaintRenderer(torch.nn.Module):
+    """(x, mask, sketch, z, n0 … nK) -> raw (N,3,S,S): the v2 renderer's whole rendering, with its
+    texture noise as inputs (ORT has no torch generator; the anonymizer draws the maps)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.m = model
+
+    def forward(self, x, mask, sketch, z, *noise):
+        return self.m(x, mask, sketch, z, noise=list(noise))[1]
+
+
+def export_renderer_v2() -> list[tuple[str, Path, str]]:
+    from identitydp.generate.anonymizer import RENDERER_V2_NAME
+    from identitydp.generate.checkpoint import EXPORT_FORMAT_V2, load_generator, read_metadata
+    from identitydp.generate.inpaint import SKETCH_CHANNELS
+    from identitydp.models.registry import weight_path
+
+    path = weight_path(RENDERER_V2_NAME)
+    if read_metadata(path).get("format") != EXPORT_FORMAT_V2:
+        raise SystemExit(f"{path} is not a v2 renderer")
+    model, _, _ = load_generator(path)
+    size, sides = model.cfg.size, model.noise_sides()
+    wrapper = _InpaintRenderer(model).eval()
+    gen = torch.Generator().manual_seed(0)
+    n = 3
+    x = torch.rand(n, 3, size, size, generator=gen) * 2 - 1
+    mask = torch.rand(n, 1, size, size, generator=gen)
+    sketch = torch.rand(n, SKETCH_CHANNELS, size, size, generator=gen)
+    z = torch.nn.functional.normalize(torch.randn(n, 128, generator=gen), dim=1)
+    noise = [torch.randn(n, 1, s, s, generator=gen) for s in sides]
+    names = ["x", "mask", "sketch", "z"] + [f"n{i}" for i in range(len(sides))]
+    dynamic = {k: {0: "n"} for k in names + ["y"]}
+    graph = _export(wrapper, (x, mask, sketch, z, *noise), names, dynamic)
+    # Only learned tensors are fed from the file (the shape model is NumPy's, outside the graph).
+    mapping = _strip(graph, {k: k for k in model.state_dict() if not k.startswith("shape_")}, prefix=PREFIX)
+    inputs = {"x": ["n", 3, size, size], "mask": ["n", 1, size, size], "sketch": ["n", SKETCH_CHANNELS, size, size],
+              "z": ["n", 128], **{f"n{i}": ["n", 1, s, s] for i, s in enumerate(sides)}}
+    g, i = _write(RENDERER_V2_NAME, graph, mapping, path, inputs, {"y": ["n", 3, size, size]})
+    with torch.inference_mode():
+        ref = wrapper(x, mask, sketch, z, *noise).numpy()
+    feed = {"x": x.numpy(), "mask": mask.numpy(), "sketch": sketch.numpy(), "z": z.numpy(),
+            **{f"n{k}": t.numpy() for k, t in enumerate(noise)}}
+    err = _check(g, i, path, feed, ref, "renderer v2")
+    print(f"renderer v2: {g.name} ({g.stat().st_size / 1e3:.0f} kB, {len(mapping)} external weights); ORT vs torch {err:.1e}")
+    what = "the v2 renderer (identitydp.generate.inpaint.InpaintGenerator)"
+    return [(f"{RENDERER_V2_NAME}_onnx", g, what), (f"{RENDERER_V2_NAME}_onnx_index", i, what)]
+
+
 def _dlib_recipes(raw_keys: set[str]) -> dict[str, dict]:
     """state_dict key -> how to build it from the face-api tensors (mirrors dlib_resnet._state_dict_from_faceapi)."""
     from identitydp.models.dlib_resnet import _BLOCKS
@@ -180,8 +230,11 @@ def export_dlib() -> list[tuple[str, Path, str]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.parse_args(argv)
-    files = export_generator() + export_dlib()
+    parser.add_argument("--only", choices=["v1", "v2", "dlib"], action="append",
+                        help="export only these graphs (repeatable; default: all three)")
+    args = parser.parse_args(argv)
+    exporters = {"v1": export_generator, "v2": export_renderer_v2, "dlib": export_dlib}
+    files = [f for name in (args.only or list(exporters)) for f in exporters[name]()]
     _register(files)
     return 0
 

@@ -130,10 +130,12 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             v1 only (v2 renders both halves cleanly).
         grain: v2: add luminance grain to the rendering up to the level measured on the photo
             just around the repainted region (a clean face on a noisy photo looks pasted).
-        backend: v1 renderer runtime: ``"auto"`` (ONNX Runtime on CPU when installed and the
-            registered graph was exported from these weights, else torch), ``"onnxruntime"``
-            (required: a clear error otherwise) or ``"torch"``. Same network and weights; ORT
-            is ~1.5-2x faster on CPU.
+        backend: renderer runtime: ``"auto"`` (ONNX Runtime on CPU when installed and the
+            registered graph was exported from these weights, else torch; v2 with truncation
+            below 1 runs on torch), ``"onnxruntime"`` (required: a clear error otherwise) or
+            ``"torch"``. Same network and weights, and no torch import on the ORT path; ORT is
+            ~1.5-2x faster on CPU for v1. v2's texture noise is drawn with NumPy for both, so a
+            seeded run renders the same face on either (to a level or two of 255).
         render_every: video: render a tracked face on every N-th frame of its track only and,
             in between, paste its last rendering at the face's current position (aligned to the
             current frame's landmarks, colour-matched to the current frame), so a track costs
@@ -245,7 +247,15 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self.model = self.dlib = self._onnx = self._dlib_onnx = self._loader = None
         self.color_match = color_match
         self.backend = "torch"
-        if backend != "torch" and device == "cpu" and not self.inpainting:
+        if self.inpainting:
+            self._load_v2_conditioning(path)
+        # v2 on ORT renders without truncation only (the graph has no style mean input).
+        if backend != "torch" and device == "cpu" and self.inpainting and truncation == 1.0:
+            self._load_onnx_v2()
+            if self._onnx is None and backend == "onnxruntime":
+                raise WeightsError("backend='onnxruntime' needs onnxruntime and a v2 graph exported from these weights "
+                                   "(scripts/export_onnx.py --only v2)")
+        elif backend != "torch" and device == "cpu" and not self.inpainting:
             self._load_onnx(int8=precision != "fp32")
             if precision == "int8" and self.precision != "int8":
                 raise WeightsError(f"precision='int8' needs an int8 renderer quantized from {path.name} "
@@ -324,6 +334,42 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             # abort ("terminate called without an active exception"); exit waits for it instead.
             self._loader = threading.Thread(target=self._load_in_background, name="identitydp-load")
             self._loader.start()
+
+    def _load_v2_conditioning(self, path: Path) -> None:
+        """The v2 renderer's config and public shape model, read with NumPy (no torch)."""
+        from safetensors import safe_open
+
+        from .inpaint_conditions import InpaintConfig
+
+        self.v2_config = InpaintConfig(**json.loads(self.meta["net"]))
+        self._shape_model = None
+        if self.v2_config.shape_components > 0:
+            with safe_open(str(path), framework="numpy") as fh:
+                if "shape_mean" not in fh.keys() or "shape_basis" not in fh.keys():
+                    raise WeightsError(f"{path} declares a shape model but does not hold it")
+                self._shape_model = (fh.get_tensor("shape_mean").astype(np.float64),
+                                     fh.get_tensor("shape_basis").astype(np.float64))
+
+    def _load_onnx_v2(self) -> None:
+        """The v2 renderer and dlib on ONNX Runtime (no torch import); ``_onnx`` stays None if unavailable."""
+        from ..models.dlib_onnx import DlibOnnxEncoder
+        from ..models.onnx_graph import default_threads
+        from .onnx_backend import load_inpaint_renderer
+
+        threads = default_threads()
+        renderer = load_inpaint_renderer(self.weights, threads=threads, defer=True)
+        encoder = DlibOnnxEncoder.load(threads=threads, defer=True) if renderer is not None else None
+        if renderer is not None and encoder is not None:
+            self._onnx, self._dlib_onnx, self.backend = renderer, encoder, "onnxruntime"
+            self._loader = threading.Thread(target=self._load_in_background, name="identitydp-load")
+            self._loader.start()
+
+    def _v2_noise(self, seed: int) -> list[np.ndarray]:
+        """The v2 renderer's texture noise for one face: (1, 1, s, s) float32 standard normal maps,
+        drawn with NumPy from ``seed`` so that both backends render the same face."""
+        rng = np.random.default_rng([int(seed), 2])  # a stream of its own: the grain uses ``seed`` itself
+        sides = [4 * 2 ** (i + 1) for i in range(self.v2_config.levels - 1) for _ in range(2)]
+        return [rng.standard_normal((1, 1, side, side), dtype=np.float32) for side in sides]
 
     def _load_in_background(self) -> None:
         try:
@@ -454,28 +500,34 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         Returns:
             ((S, S, 3) uint8 composite crop, (S, S) float32 paste mask in [0, 1]).
         """
-        import torch
-
         from ..blend import match_grain, multiband_blend
-        from .inpaint import landmark_sketch, mask_for
+        from .inpaint_conditions import landmark_sketch, mask_for, project_shape
 
         if not self.inpainting:
             raise RuntimeError("inpaint() needs a v2 renderer")
         lm68 = self.landmarks68.predict(crop, self._lm_box)
         # The region and the geometry exactly as the renderer was trained with (its config).
-        mask = mask_for(self.model.cfg, lm68)
-        sketch = landmark_sketch(self.model.sketch_geometry(lm68), self.size)
-        x = torch.from_numpy(np.ascontiguousarray(crop)).to(self.device).permute(2, 0, 1)[None].float() / 127.5 - 1
-        m = torch.from_numpy(mask).to(self.device)[None, None]
-        sk = torch.from_numpy(sketch).to(self.device)[None]
-        z = torch.from_numpy(np.asarray(identity, np.float32).reshape(1, -1)).to(self.device)
+        mask = mask_for(self.v2_config, lm68)
+        geometry = lm68 if self._shape_model is None else project_shape(lm68, *self._shape_model, self.size)
+        sketch = landmark_sketch(geometry, self.size)
         if noise_seed is None:
             noise_seed = secrets.randbits(62)
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(int(noise_seed))
-        with torch.inference_mode():
-            raw = self.model(x, m, sk, z, gen, truncation=self.truncation)[1].float()
-        rendered = ((raw[0] + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+        x = (np.ascontiguousarray(crop, np.float32).transpose(2, 0, 1)[None] / np.float32(127.5) - 1).astype(np.float32)
+        z = np.asarray(identity, np.float32).reshape(1, -1)
+        noise = self._v2_noise(noise_seed)
+        if self._onnx is not None:
+            self.ready()
+            raw = self._onnx(x, mask[None, None].astype(np.float32), sketch[None].astype(np.float32), z, noise)[0]
+        else:
+            import torch
+
+            def t(a: np.ndarray) -> torch.Tensor:
+                return torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+
+            with torch.inference_mode():
+                raw = self.model(t(x), t(mask[None, None]), t(sketch[None]), t(z), truncation=self.truncation,
+                                 noise=[t(n) for n in noise])[1][0].float().cpu().numpy()
+        rendered = np.clip(np.round((raw + 1) * 127.5), 0, 255).astype(np.uint8).transpose(1, 2, 0)
         # Multi-band blend into the crop's own context, then grain like the photo's around the face.
         # The "outside" image must not contain the original inner face: its pyramid's coarse
         # levels would carry the original's eyes and brows into the blend (a double exposure).

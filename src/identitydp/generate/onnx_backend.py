@@ -1,7 +1,8 @@
-"""The v1 renderer on ONNX Runtime: the same network and weights, ~1.5-2x faster on CPU than torch.
+"""The renderers on ONNX Runtime: the same networks and weights, faster on CPU than torch and
+without importing it.
 
-The committed graph (``identitydp_generator.graph.onnx``, from ``scripts/export_onnx.py``) holds
-no weights; :mod:`identitydp.models.onnx_graph` feeds it the generator's checksummed safetensors.
+The committed graphs (``identitydp_generator.graph.onnx`` for v1, ``identitydp_renderer_v2.graph.onnx``
+for v2, from ``scripts/export_onnx.py``) hold no weights; :mod:`identitydp.models.onnx_graph` feeds it the generator's checksummed safetensors.
 Outputs equal torch's to ~1e-5 (``tests/test_onnx_backend.py`` checks it on a real face).
 :func:`load_int8_renderer` loads the same renderer with int8 convolutions
 (``scripts/quantize_renderer.py``; about 1.4x faster on a VNNI CPU, outputs ~2 levels of 255 from fp32).
@@ -32,6 +33,36 @@ class OnnxRenderer:
 
     def __call__(self, x: np.ndarray, z: np.ndarray) -> np.ndarray:
         return self.graph(x=x, z=z)
+
+
+class OnnxInpaintRenderer:
+    """The v2 renderer: (x (N, 3, S, S) in [-1, 1], mask (N, 1, S, S), sketch (N, 5, S, S),
+    z (N, 128), noise: (N, 1, s, s) standard normal maps of :attr:`noise_sides`) -> raw (N, 3, S, S)
+    float32 in [-1, 1], the whole rendering (as ``InpaintGenerator.forward(...)[1]``)."""
+
+    def __init__(self, graph: OnnxGraph) -> None:
+        self.graph = graph
+        inputs = graph.spec["inputs"]
+        self.size = int(inputs["x"][2])
+        self.noise_sides = [int(inputs[f"n{i}"][2]) for i in range(sum(k.startswith("n") and k[1:].isdigit() for k in inputs))]
+
+    def __call__(self, x: np.ndarray, mask: np.ndarray, sketch: np.ndarray, z: np.ndarray,
+                 noise: list[np.ndarray]) -> np.ndarray:
+        return self.graph(x=x, mask=mask, sketch=sketch, z=z, **{f"n{i}": n for i, n in enumerate(noise)})
+
+
+V2_GRAPH_NAME = "identitydp_renderer_v2_onnx"
+V2_INDEX_NAME = "identitydp_renderer_v2_onnx_index"
+
+
+def load_inpaint_renderer(weights: str | Path, threads: int = 1, defer: bool = False) -> OnnxInpaintRenderer | None:
+    """The registered v2 renderer graph fed with ``weights``; ``None`` (logged) when ORT is missing
+    or the graph was exported from other weights (then the v2 renderer runs on torch)."""
+    graph = load_registered(V2_GRAPH_NAME, V2_INDEX_NAME, weights, threads=threads, defer=defer)
+    if graph is None:
+        log.info("no ONNX Runtime v2 renderer for %s: it runs on torch", Path(weights).name)
+        return None
+    return OnnxInpaintRenderer(graph)
 
 
 INT8_WEIGHTS_NAME = "identitydp_generator_int8"

@@ -1,0 +1,186 @@
+"""The v2 renderer's conditioning, without torch: its config, the repaint mask and the landmark sketch.
+
+Everything here is NumPy/OpenCV, so that the anonymizer can prepare a v2 renderer's inputs on its
+ONNX Runtime path without importing torch; :mod:`identitydp.generate.inpaint` (the network, and
+the trainer through it) re-exports these names.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+#: Channels of the generator's input: masked RGB (3), mask (1), coarse colour (3), sketch (5).
+SKETCH_CHANNELS = 5
+INPUT_CHANNELS = 3 + 1 + 3 + SKETCH_CHANNELS
+
+# 68-point (iBUG) groups drawn as polylines, one channel per group: (channel, points, closed).
+_SKETCH_GROUPS: list[tuple[int, list[int], bool]] = [
+    (0, list(range(0, 17)), False),  # jaw
+    (1, list(range(17, 22)), False),  # brows
+    (1, list(range(22, 27)), False),
+    (2, list(range(27, 31)), False),  # nose bridge
+    (2, list(range(31, 36)), False),  # nostrils
+    (3, list(range(36, 42)), True),  # eyes
+    (3, list(range(42, 48)), True),
+    (4, list(range(48, 60)), True),  # outer lips
+    (4, list(range(60, 68)), True),  # inner lips
+]
+
+#: Mirror permutation of the 68-point markup (index i of the mirrored face is point FLIP68[i]).
+FLIP68 = np.array(
+    list(range(16, -1, -1)) + list(range(26, 16, -1)) + list(range(27, 31)) + list(range(35, 30, -1))
+    + [45, 44, 43, 42, 47, 46, 39, 38, 37, 36, 41, 40]
+    + [54, 53, 52, 51, 50, 49, 48, 59, 58, 57, 56, 55, 64, 63, 62, 61, 60, 67, 66, 65]
+)
+
+
+def flip_landmarks68(points: np.ndarray, size: int) -> np.ndarray:
+    """(..., 68, 2) landmarks of a crop → those of its horizontal mirror (pixel centres at +0.5)."""
+    pts = np.asarray(points, np.float64)[..., FLIP68, :].copy()
+    pts[..., 0] = size - pts[..., 0]
+    return pts
+
+
+@dataclass
+class InpaintConfig:
+    """Architecture of the v2 renderer, stored with every checkpoint.
+
+    Attributes:
+        size: crop side in pixels (power of two, ≥ 64).
+        id_dim: identity vector dimension.
+        w_dim: width of the mapping network's output (the style vector).
+        channels: encoder/decoder channels from full resolution down to 4×4; ``log2(size) − 1``
+            entries are used (the list is truncated).
+        mapping_layers: depth of the identity mapping MLP.
+        disc_channels: discriminator channels per level.
+        disc_scales: PatchGAN scales.
+        mask_lift: how far above the brows the repainted region reaches, in mouth-to-eye
+            distances (see :func:`inner_face_polygon`).
+        mask_grow: how much the jaw line is pushed out from the face centre (0.1 = 10 %).
+        mask_convex: repaint the convex hull of that polygon (its shape then says less about
+            the face outline).
+        shape_components: 0: the sketch draws the face's own 68 landmarks; k > 0: it draws them
+            projected onto the k leading modes of a public shape model (pose and expression),
+            so the fine shape of eyes, nose, mouth and jaw — identity — is not given to the
+            renderer. The model (mean + modes, fitted on training faces) is part of the weights.
+        colour_grid: side of the coarse-colour grid over the crop.
+    """
+
+    size: int = 128
+    id_dim: int = 128
+    w_dim: int = 256
+    channels: list[int] = field(default_factory=lambda: [24, 48, 96, 192, 256, 256, 256])
+    mapping_layers: int = 3
+    disc_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    disc_scales: int = 2
+    mask_lift: float = 0.55
+    mask_grow: float = 0.0
+    mask_convex: bool = False
+    shape_components: int = 0
+    colour_grid: int = 4
+
+    def __post_init__(self) -> None:
+        if self.size < 64 or self.size & (self.size - 1):
+            raise ValueError(f"crop size must be a power of two >= 64, got {self.size}")
+        if len(self.channels) < self.levels:
+            raise ValueError(f"need {self.levels} channel entries for size {self.size}, got {len(self.channels)}")
+
+    @property
+    def levels(self) -> int:
+        """Resolutions S, S/2, …, 4."""
+        return int(math.log2(self.size)) - 1
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------- conditioning inputs
+def inner_face_polygon(landmarks68: np.ndarray, lift: float = 0.55, grow: float = 0.0, convex: bool = False) -> np.ndarray:
+    """The region the renderer repaints, as a polygon: the jaw line (pushed out from the face
+    centre by ``grow``) plus the brows raised by ``lift`` mouth-to-eye distances, so that the
+    brow ridge and the forehead are repainted too (they carry identity); with ``convex`` its
+    convex hull.
+
+    Args:
+        landmarks68: (68, 2) pixel coordinates.
+
+    Returns:
+        (K, 2) float64 polygon in image coordinates.
+    """
+    import cv2
+
+    lm = np.asarray(landmarks68, np.float64)
+    eyes = lm[36:48].mean(0)
+    mouth = lm[48:68].mean(0)
+    up = eyes - mouth  # points up the face, whatever the roll
+    centre = (eyes + mouth) / 2
+    jaw = centre + (lm[0:17] - centre) * (1.0 + grow)
+    brows = centre + (lm[17:27][::-1] + lift * up - centre) * (1.0 + grow)
+    poly = np.concatenate([jaw, brows])
+    if convex:
+        poly = cv2.convexHull(poly.astype(np.float32)).reshape(-1, 2).astype(np.float64)
+    return poly
+
+
+def inner_face_mask(landmarks68: np.ndarray, size: int, feather: float = 0.04, dilate: float = 0.03,
+                    lift: float = 0.55, grow: float = 0.0, convex: bool = False) -> np.ndarray:
+    """Soft (S, S) float32 mask in [0, 1] of the region the renderer repaints.
+
+    The polygon of :func:`inner_face_polygon`, grown by ``dilate`` of the crop and feathered over
+    ``feather`` of the crop outside that (so the hard edge of the landmark hull is inside the
+    repainted area and the blend ramps down on the context).
+    """
+    poly = inner_face_polygon(landmarks68, lift=lift, grow=grow, convex=convex)
+    scale = max(1, 512 // size)  # supersampled drawing, anti-aliased by the area resize
+    canvas = np.zeros((size * scale, size * scale), np.uint8)
+    pts = np.round((poly - 0.5) * scale).astype(np.int32)
+    import cv2
+
+    cv2.fillPoly(canvas, [pts], 255, lineType=cv2.LINE_AA)
+    hard = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    grow_px = max(1, int(round(dilate * size)))
+    inside = (hard > 0.5).astype(np.uint8)
+    dist_out = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 5)  # px from the region, outside it
+    ramp = max(feather * size, 1.0)
+    soft = np.clip(1.0 - (dist_out - grow_px) / ramp, 0.0, 1.0)
+    return np.maximum(soft, hard).astype(np.float32)
+
+
+def mask_for(cfg: "InpaintConfig", landmarks68: np.ndarray) -> np.ndarray:
+    """The repaint mask a renderer with config ``cfg`` was trained with, for (68, 2) landmarks."""
+    return inner_face_mask(landmarks68, cfg.size, lift=cfg.mask_lift, grow=cfg.mask_grow, convex=cfg.mask_convex)
+
+
+def landmark_sketch(landmarks68: np.ndarray, size: int, thickness: float = 0.012) -> np.ndarray:
+    """Line drawing of the face geometry: (SKETCH_CHANNELS, S, S) float32 in [0, 1].
+
+    Channels: jaw, brows, nose, eyes, lips; anti-aliased polylines ``thickness`` of the crop wide
+    and slightly blurred, so that a sub-pixel change of a landmark changes the input smoothly.
+    """
+    import cv2
+
+    lm = np.asarray(landmarks68, np.float64)
+    scale = max(1, 512 // size)
+    out = np.zeros((SKETCH_CHANNELS, size, size), np.float32)
+    width = max(1, int(round(thickness * size * scale)))
+    for ch in range(SKETCH_CHANNELS):
+        canvas = np.zeros((size * scale, size * scale), np.uint8)
+        for c, idx, closed in _SKETCH_GROUPS:
+            if c != ch:
+                continue
+            pts = np.round((lm[idx] - 0.5) * scale).astype(np.int32)
+            cv2.polylines(canvas, [pts], closed, 255, thickness=width, lineType=cv2.LINE_AA)
+        small = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        out[ch] = cv2.GaussianBlur(small, (0, 0), 0.6 * size / 128)
+    return np.clip(out * 1.5, 0.0, 1.0)
+
+
+def project_shape(landmarks68: np.ndarray, mean: np.ndarray, basis: np.ndarray, size: int) -> np.ndarray:
+    """(68, 2) landmarks in crop pixels at ``size`` → their projection onto a public shape model's
+    k leading modes (``mean`` (136,), ``basis`` (k, 136), in 128-px crop coordinates)."""
+    scale = size / 128.0
+    flat = np.asarray(landmarks68, np.float64).reshape(-1) / scale - mean
+    return ((mean + basis.T @ (basis @ flat)) * scale).reshape(68, 2)
