@@ -181,11 +181,16 @@ def stage_times(photos: list[Path], threads: int) -> dict:
             s = time.perf_counter(); aligned = align_face(image, det.landmarks[i], size=method.size, margin=method.margin); t["align"] += time.perf_counter() - s
             s = time.perf_counter(); z = method._identities(image, det.landmarks[i][None]); t["embed"] += time.perf_counter() - s
             s = time.perf_counter(); noisy = method.mechanism.perturb(z).embeddings; t["privacy"] += time.perf_counter() - s
-            s = time.perf_counter(); face = method.render(aligned.crop[None], noisy)[0]; t["render"] += time.perf_counter() - s
+            s = time.perf_counter()
+            if method.inpainting:  # v2: 68-point fit, mask and sketch, the network, multi-band blend and grain
+                face, mask = method.inpaint(aligned.crop, noisy)
+            else:
+                face, mask = method.render(aligned.crop[None], noisy)[0], method.mask
+            t["render"] += time.perf_counter() - s
             if method.geometry:
                 s = time.perf_counter(); face = method.match_geometry(face, aligned.crop); t["geometry"] += time.perf_counter() - s
             s = time.perf_counter()
-            out = paste_face(out, face, aligned.inverse, method.mask, color_match=method.color_match,
+            out = paste_face(out, face, aligned.inverse, mask, color_match=method.color_match,
                              original_crop=aligned.crop, region=enlarged_box(det.boxes[i], PASTE_REGION))
             t["blend"] += time.perf_counter() - s
         s = time.perf_counter(); write_image(tmp / f"o{rep}.jpg", out); t["encode"] = time.perf_counter() - s

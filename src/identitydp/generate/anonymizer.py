@@ -244,7 +244,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         if self.inpainting and precision == "int8":
             raise ValueError("precision='int8' is for the v1 renderer; the v2 renderer runs in fp32")
         self.device = device
-        self.model = self.dlib = self._onnx = self._dlib_onnx = self._loader = None
+        self.model = self.dlib = self._onnx = self._dlib_onnx = self._loader = self.landmarks68 = None
         self.color_match = color_match
         self.backend = "torch"
         if self.inpainting:
@@ -289,7 +289,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             self.mirror_fusion = False
             self.geometry = False
             self.geometry_strength = 0.0
-            self.landmarks68 = Landmarks68()
+            if self._loader is None:  # else the loading thread reads it (~0.3 s, ~100 MB), beside detection
+                self.landmarks68 = Landmarks68()
             self._lm_box = crop_face_box(self.size, self.margin)
             return
         self.geometry = bool(geometry)
@@ -375,6 +376,10 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         try:
             self._onnx.graph.build()
             self._dlib_onnx.graph.build()
+            if self.inpainting:
+                from ..models.landmarks68 import Landmarks68
+
+                self.landmarks68 = Landmarks68()
         except WeightsError:
             return  # ready() builds again on the caller's thread and raises it there
         if self.color_match:
@@ -391,6 +396,10 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             self._loader = None
             self._onnx.graph.build()
             self._dlib_onnx.graph.build()
+            if self.inpainting and self.landmarks68 is None:
+                from ..models.landmarks68 import Landmarks68
+
+                self.landmarks68 = Landmarks68()
 
     def _resolve_truncation(self, truncation: float) -> float:
         """Check ψ: a number in [0, 1]; below 1 only for a v2 renderer whose weights carry a style mean."""
@@ -456,7 +465,12 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         With ``mirror_fusion`` the mirrored crops are rendered in the same batch (the identity
         descriptor is mirror-invariant: the generator was trained with flipped crops and the same
         identity) and the two renderings are fused across the face midline.
+
+        Raises:
+            RuntimeError: on a v2 renderer (it repaints one crop at a time: :meth:`inpaint`).
         """
+        if self.inpainting:
+            raise RuntimeError("render() is the v1 renderer's; a v2 renderer repaints crops with inpaint()")
         if self._onnx is not None:
             return self._render_onnx(crops, identities)
         import torch
@@ -505,6 +519,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
 
         if not self.inpainting:
             raise RuntimeError("inpaint() needs a v2 renderer")
+        self.ready()
         lm68 = self.landmarks68.predict(crop, self._lm_box)
         # The region and the geometry exactly as the renderer was trained with (its config).
         mask = mask_for(self.v2_config, lm68)
@@ -516,7 +531,6 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         z = np.asarray(identity, np.float32).reshape(1, -1)
         noise = self._v2_noise(noise_seed)
         if self._onnx is not None:
-            self.ready()
             raw = self._onnx(x, mask[None, None].astype(np.float32), sketch[None].astype(np.float32), z, noise)[0]
         else:
             import torch
