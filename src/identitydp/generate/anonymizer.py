@@ -315,7 +315,6 @@ class IdentityDPAnonymizer(FaceAnonymizer):
     def _load_onnx(self, int8: bool) -> None:
         """Renderer and dlib on ONNX Runtime (no torch import); leaves ``_onnx`` None if unavailable.
         ``int8``: the int8 renderer where one was quantized from these weights (sets ``precision``)."""
-        from ..models.dlib_onnx import DlibOnnxEncoder
         from ..models.onnx_graph import default_threads
         from .onnx_backend import load_int8_renderer, load_renderer
 
@@ -328,6 +327,13 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             self.precision = "int8"
         else:
             renderer = load_renderer(self.weights, threads=threads, defer=True)
+        self._start_onnx(renderer, threads)
+
+    def _start_onnx(self, renderer, threads: int) -> None:
+        """Run ``renderer`` (None: not available) and dlib on ONNX Runtime, their sessions built on
+        a loading thread; leaves ``_onnx`` None when either is unavailable."""
+        from ..models.dlib_onnx import DlibOnnxEncoder
+
         encoder = DlibOnnxEncoder.load(threads=threads, defer=True) if renderer is not None else None
         if renderer is not None and encoder is not None:
             self._onnx, self._dlib_onnx, self.backend = renderer, encoder, "onnxruntime"
@@ -353,17 +359,11 @@ class IdentityDPAnonymizer(FaceAnonymizer):
 
     def _load_onnx_v2(self) -> None:
         """The v2 renderer and dlib on ONNX Runtime (no torch import); ``_onnx`` stays None if unavailable."""
-        from ..models.dlib_onnx import DlibOnnxEncoder
         from ..models.onnx_graph import default_threads
         from .onnx_backend import load_inpaint_renderer
 
         threads = default_threads()
-        renderer = load_inpaint_renderer(self.weights, threads=threads, defer=True)
-        encoder = DlibOnnxEncoder.load(threads=threads, defer=True) if renderer is not None else None
-        if renderer is not None and encoder is not None:
-            self._onnx, self._dlib_onnx, self.backend = renderer, encoder, "onnxruntime"
-            self._loader = threading.Thread(target=self._load_in_background, name="identitydp-load")
-            self._loader.start()
+        self._start_onnx(load_inpaint_renderer(self.weights, threads=threads, defer=True), threads)
 
     def _v2_noise(self, seed: int) -> list[np.ndarray]:
         """The v2 renderer's texture noise for one face: (1, 1, s, s) float32 standard normal maps,
