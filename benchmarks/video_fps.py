@@ -9,8 +9,9 @@ The clip is composed from LFW faces (tests/clipgen.py) and written under cache/ 
 Leak frames are counted on every output, after its timing: frames in which a face that shows is
 still the input's (mean |output − input| over its inner box under 4 levels of 255, both decoded
 from the files; re-encoding alone moves a face by ~1 level, reported as ``codec_floor``).
-identitydp runs the registered generator at its default precision (int8 on ONNX Runtime); without a
-registered one, a randomly initialised generator of the shipped architecture (timing only).
+identitydp runs the registered renderer of ``--renderer`` (default v2, on ONNX Runtime; v1 at its
+default precision, int8 on ONNX Runtime); without a registered one, a randomly initialised v1
+generator of the shipped architecture (timing only).
 
 Usage: nice python benchmarks/video_fps.py [--seconds 20] [--threads 1] [--skip-deface]
        [--methods blur,identitydp] [--min-face 40] [--out docs/results/video_fps.json]
@@ -132,12 +133,14 @@ def leak_frames(clip: Clip, source: Path, output: Path) -> dict:
             "examples": examples}
 
 
-def identitydp_weights(cache: Path):
-    """The registered generator, else a random-init one of the shipped architecture (timing only)."""
+def identitydp_weights(cache: Path, renderer: str):
+    """The registered weights of ``renderer`` (v1/v2), else a random-init v1 generator of the
+    shipped architecture (timing only)."""
+    from identitydp.generate.anonymizer import RENDERERS
     from identitydp.models.registry import registry, weight_path
 
-    if "identitydp_generator" in registry():
-        return weight_path("identitydp_generator"), "registered"
+    if RENDERERS[renderer] in registry():
+        return weight_path(RENDERERS[renderer]), f"registered {renderer} ({RENDERERS[renderer]})"
     import torch
 
     from identitydp.generate.networks import FaceGenerator, NetConfig
@@ -224,6 +227,7 @@ def main() -> None:
     ap.add_argument("--min-face", default="40",
                     help="also run the last setting of each method with the detector's --min-face PX (comma list; 0: none)")
     ap.add_argument("--skip-deface", action="store_true")
+    ap.add_argument("--renderer", choices=["v1", "v2"], default="v2", help="identitydp renderer (default v2, the product's default)")
     ap.add_argument("--cache", default=str(REPO / "cache" / "video_bench"))
     ap.add_argument("--out", default=str(REPO / "docs" / "results" / "video_fps.json"))
     args = ap.parse_args()
@@ -265,7 +269,7 @@ def main() -> None:
     for method in [m for m in args.methods.split(",") if m]:
         params: dict = {}
         if method == "identitydp":
-            weights, kind = identitydp_weights(cache)
+            weights, kind = identitydp_weights(cache, args.renderer)
             params = {"epsilon": 2.0, "weights": str(weights)}
         detect_everys = [int(v) for v in args.detect_every.split(",")]
         settings = [(k, 1, 0) for k in detect_everys]
