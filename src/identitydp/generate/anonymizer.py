@@ -243,6 +243,9 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self.inpainting = self.meta.get("format") == EXPORT_FORMAT_V2
         if self.inpainting and precision == "int8":
             raise ValueError("precision='int8' is for the v1 renderer; the v2 renderer runs in fp32")
+        if self.inpainting and geometry:
+            raise ValueError("geometry warps the v1 renderer's output; the v2 renderer draws the pose and "
+                             "expression from the face's landmarks itself")
         self.device = device
         self.model = self.dlib = self._onnx = self._dlib_onnx = self._loader = self.landmarks68 = None
         self.color_match = color_match
@@ -282,14 +285,11 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         if self.inpainting:
             from ..models.landmarks68 import Landmarks68, crop_face_box
 
-            if geometry:
-                raise ValueError("geometry warps the v1 renderer's output; the v2 renderer draws the pose and "
-                                 "expression from the face's landmarks itself")
             # The v2 renderer needs no mirror fusion (on by default for v1): ignored, describe() says so.
             self.mirror_fusion = False
             self.geometry = False
             self.geometry_strength = 0.0
-            if self._loader is None:  # else the loading thread reads it (~0.3 s, ~100 MB), beside detection
+            if self._loader is None:  # else the loading thread reads it (~0.5 s, ~100 MB), beside detection
                 self.landmarks68 = Landmarks68()
             self._lm_box = crop_face_box(self.size, self.margin)
             return
@@ -369,8 +369,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         """The v2 renderer's texture noise for one face: (1, 1, s, s) float32 standard normal maps,
         drawn with NumPy from ``seed`` so that both backends render the same face."""
         rng = np.random.default_rng([int(seed), 2])  # a stream of its own: the grain uses ``seed`` itself
-        sides = [4 * 2 ** (i + 1) for i in range(self.v2_config.levels - 1) for _ in range(2)]
-        return [rng.standard_normal((1, 1, side, side), dtype=np.float32) for side in sides]
+        return [rng.standard_normal((1, 1, side, side), dtype=np.float32) for side in self.v2_config.noise_sides]
 
     def _load_in_background(self) -> None:
         try:

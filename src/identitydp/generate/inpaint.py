@@ -234,9 +234,8 @@ class InpaintGenerator(nn.Module):
         return project_shape(lm, self.shape_mean.detach().cpu().numpy(), self.shape_basis.detach().cpu().numpy(), self.cfg.size)
 
     def noise_sides(self) -> list[int]:
-        """Side of each per-pixel noise map, in the order :meth:`forward`'s ``noise`` takes them:
-        two per decoder level, 8 px up to the crop size."""
-        return [4 * 2 ** (i + 1) for i in range(self.cfg.levels - 1) for _ in range(2)]
+        """Side of each per-pixel noise map, in the order :meth:`forward`'s ``noise`` takes them."""
+        return self.cfg.noise_sides
 
     def forward(self, images: torch.Tensor, mask: torch.Tensor, sketch: torch.Tensor, z: torch.Tensor,
                 generator: torch.Generator | None = None, truncation: float = 1.0,

@@ -93,6 +93,12 @@ class InpaintConfig:
         """Resolutions S, S/2, …, 4."""
         return int(math.log2(self.size)) - 1
 
+    @property
+    def noise_sides(self) -> list[int]:
+        """Side of each per-pixel texture-noise map the renderer takes, in order: two per decoder
+        level, 8 px up to the crop size."""
+        return [4 * 2 ** (i + 1) for i in range(self.levels - 1) for _ in range(2)]
+
     def to_dict(self) -> dict:
         return asdict(self)
 
