@@ -604,7 +604,11 @@ def test_cli_explain(capsys, projection, tmp_path):
     assert "<- this ε" in measured and "solid mask (the floor)" in measured and "mobileface" in measured
     assert measured.count("\n      ") >= 3  # one row per measured ε
     assert "give clearly different re-identification" in measured  # the knob turns
-    # each renderer has its own measured curve
+    # each renderer has its own measured curve; the default one is the product's default renderer's
+    from identitydp.generate.anonymizer import DEFAULT_RENDERER
+    from identitydp.privacy.explain import DEFAULT_CURVE
+
+    assert DEFAULT_CURVE == DEFAULT_RENDERER
     assert main(["privacy", "explain", "--epsilon", "16", "--renderer", "v2"]) == 0
     measured = capsys.readouterr().out.split("Measured for the shipped model")[1]
     assert "renderer v2" in measured and "identitydp_renderer_v2" in measured and "<- this ε" in measured
