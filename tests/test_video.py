@@ -719,6 +719,36 @@ def test_min_face_with_detection_every_third_frame_leaks_nothing(sprites):
     assert stats.checked > 100 and stats.leaks_any == 0, stats.examples
 
 
+def _one_torch_thread(torch):
+    """Context manager: torch on one thread inside, the previous count restored after."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def scope():
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
+
+    return scope()
+
+
+def _assert_render_every_reuses(method, renderings: list, scenario: str, sprites, detector, label: str) -> None:
+    """Run a tracking scenario through ``method`` (render_every=3, detection every third frame);
+    ``renderings`` gets one entry per face the renderer drew. 0 leak frames, about one rendering
+    per track per three frames (a track's first frame always renders), no track state left."""
+    clip = _scenario(scenario, sprites)
+    stats, outputs, stream = run_clip(clip, Anonymizer(method, detector=detector), detect_every=3)
+    faces_pasted = sum(len(report.faces) for _, report in outputs)
+    print(f"\n{label} render_every=3: {len(renderings)} renderings for {faces_pasted} anonymized faces, "
+          f"leaks alive={stats.leaks_alive} any={stats.leaks_any}")
+    assert stats.leaks_alive == 0 and stats.leaks_any == 0, stats.examples
+    assert len(renderings) <= faces_pasted / 3 + len(stream.tracks) + 1
+    assert not method._track_render  # dropped with the tracks
+
+
 @pytest.mark.parametrize("scenario", ["crossing", "hidden_shrunk"])
 def test_identitydp_render_every_reuses_renderings_without_leaks(tmp_path, scenario, sprites, detector):
     """render_every=3: a track is rendered on one frame in three, its last rendering pasted at the
@@ -728,9 +758,7 @@ def test_identitydp_render_every_reuses_renderings_without_leaks(tmp_path, scena
     from identitydp.generate.networks import FaceGenerator, NetConfig
     from identitydp.generate.checkpoint import export_generator
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _one_torch_thread(torch):
         torch.manual_seed(0)
         weights = tmp_path / "random_generator.safetensors"
         cfg = NetConfig(size=64, enc_channels=[8, 8, 16, 16, 16], gen_channels=[16, 16, 16, 8, 8, 8])
@@ -739,20 +767,10 @@ def test_identitydp_render_every_reuses_renderings_without_leaks(tmp_path, scena
             IdentityDPAnonymizer(epsilon=2.0, weights=weights, render_every=0)
         method = IdentityDPAnonymizer(epsilon=2.0, seed=5, weights=weights, render_every=3)
         assert method.describe()["render_every"] == 3
-        rendered_faces = []
+        rendered_faces: list = []
         render = method.render
-        method.render = lambda crops, identities: rendered_faces.append(len(crops)) or render(crops, identities)
-        clip = _scenario(scenario, sprites)
-        stats, outputs, stream = run_clip(clip, Anonymizer(method, detector=detector), detect_every=3)
-    finally:
-        torch.set_num_threads(threads)
-    faces_pasted = sum(len(report.faces) for _, report in outputs)
-    print(f"\n{scenario} render_every=3: {sum(rendered_faces)} renderings for {faces_pasted} anonymized faces, "
-          f"leaks alive={stats.leaks_alive} any={stats.leaks_any}")
-    assert stats.leaks_alive == 0 and stats.leaks_any == 0, stats.examples
-    # About one rendering per track per three frames (a track's first frame always renders).
-    assert sum(rendered_faces) <= faces_pasted / 3 + len(stream.tracks) + 1
-    assert not method._track_render  # dropped with the tracks
+        method.render = lambda crops, identities: rendered_faces.extend([1] * len(crops)) or render(crops, identities)
+        _assert_render_every_reuses(method, rendered_faces, scenario, sprites, detector, scenario)
 
 
 def test_identitydp_v2_render_every_reuses_renderings_without_leaks(sprites, detector):
@@ -761,21 +779,10 @@ def test_identitydp_v2_render_every_reuses_renderings_without_leaks(sprites, det
     torch = pytest.importorskip("torch")
     from identitydp.generate.anonymizer import IdentityDPAnonymizer, RENDERER_V2_NAME
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _one_torch_thread(torch):
         method = IdentityDPAnonymizer(epsilon=2.0, seed=5, weights=RENDERER_V2_NAME, render_every=3)
         assert method.describe()["render_every"] == 3 and method.describe()["renderer"] == "v2-inpainting"
-        inpaintings = []
+        inpaintings: list = []
         inpaint = method.inpaint
         method.inpaint = lambda crop, identity, noise_seed=None: inpaintings.append(1) or inpaint(crop, identity, noise_seed)
-        clip = _scenario("crossing", sprites)
-        stats, outputs, stream = run_clip(clip, Anonymizer(method, detector=detector), detect_every=3)
-    finally:
-        torch.set_num_threads(threads)
-    faces_pasted = sum(len(report.faces) for _, report in outputs)
-    print(f"\nv2 render_every=3: {len(inpaintings)} renderings for {faces_pasted} anonymized faces, "
-          f"leaks alive={stats.leaks_alive} any={stats.leaks_any}")
-    assert stats.leaks_alive == 0 and stats.leaks_any == 0, stats.examples
-    assert len(inpaintings) <= faces_pasted / 3 + len(stream.tracks) + 1
-    assert not method._track_render  # dropped with the tracks
+        _assert_render_every_reuses(method, inpaintings, "crossing", sprites, detector, "v2")
