@@ -208,12 +208,18 @@ def test_fuzz_findings_are_clear_errors(tmp_path, finding):
 @pytest.mark.slow
 def test_fuzz_target_runs_clean(tmp_path):
     """A short libFuzzer session of tests/fuzz_decoders.py (about 10 s): no finding."""
+    import resource
     import subprocess
     import sys
 
     pytest.importorskip("atheris", reason="atheris has wheels for x86-64 Linux/macOS only")
     script = Path(__file__).parent / "fuzz_decoders.py"
+    # Linux hands a child the parent's peak RSS (ru_maxrss survives fork and exec), and libFuzzer
+    # measures its 2 GiB limit on that figure: after the heavy tests this pytest process alone can be
+    # past 2 GiB, so the limit is 2 GiB above what the child starts with.
+    inherited_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
     proc = subprocess.run([sys.executable, str(script), "-atheris_runs=6000", "-seed=1", f"-artifact_prefix={tmp_path}/",
-                           str(tmp_path / "corpus")], capture_output=True, text=True, timeout=300)
+                           f"-rss_limit_mb={inherited_mb + 2048}", str(tmp_path / "corpus")],
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not list(tmp_path.glob("crash-*"))
