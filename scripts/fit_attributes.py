@@ -8,7 +8,9 @@ centred with the shipped generator's mean exactly as the pipeline centres them:
 
 - gender: Fisher's linear discriminant (class-mean difference through the shrunk within-class
   covariance), unit length;
-- age: ridge regression of age on the embedding, its direction made orthogonal to gender.
+- age: ridge regression of age on the embedding, its direction made orthogonal to gender;
+- the mean and covariance of every non-held-out training identity (centred, unit), from which
+  ``--keep`` builds the noise domain of the rest of the identity given the kept values.
 
 Both are checked on the held-out 20 % (gender accuracy of the projection's sign at the training
 midpoint; age MAE of the linear prediction) and written with those figures to a small
@@ -81,6 +83,22 @@ def main() -> None:
     w_age /= np.linalg.norm(w_age)
 
     directions = np.stack([w_gender, w_age])
+
+    # The public Gaussian of identities (all non-held-out training faces, labelled or not): what the
+    # kept-attribute projection conditions on (identitydp.privacy.keep.ConditionalProjection).
+    every = np.flatnonzero(~heldout.astype(bool))
+    z_all = centre(raw[every], mean)
+    gauss_mean = z_all.mean(0)
+    covariance = np.cov(z_all.T)
+    from identitydp.privacy.keep import ConditionalProjection
+
+    inside = {}
+    for keep in (["gender"], ["age"], ["gender", "age"]):
+        names_kept = tuple(keep)
+        rows_u = np.stack([directions[["gender", "age"].index(n)] for n in names_kept])
+        q, _ = np.linalg.qr(rows_u.T)
+        proj = ConditionalProjection(q.T, gauss_mean, covariance)
+        inside["+".join(keep)] = round(float(np.mean(np.linalg.norm(proj.whiten(z_all), axis=1) <= proj.radius)), 4)
     info = {
         "format": "identitydp-attribute-directions/1",
         "names": ["gender", "age"],
@@ -90,8 +108,11 @@ def main() -> None:
         "heldout_age_mae_years_linear": round(mae, 2),
         "gender_midpoint": midpoint,
         "gender_positive": "female (UTKFace gender 1)",
+        "gaussian_source": f"{len(every)} non-held-out training faces of {args.bundle.name} (UTKFace + CelebA), centred and unit",
+        "training_faces_inside_radius": inside,
     }
-    save_file({"directions": directions}, str(args.output), metadata={"info": json.dumps(info)})
+    save_file({"directions": directions, "mean": gauss_mean, "covariance": covariance}, str(args.output),
+              metadata={"info": json.dumps(info)})
     print(json.dumps(info, indent=1))
 
 

@@ -113,7 +113,8 @@ def add_method_arguments(p) -> None:
     )
     p.add_argument("--keep", type=kept_attributes, metavar="ATTRS",
                    help="identitydp: release these attributes of the identity as they are, NOT private (gender, age, or "
-                        "gender,age); the noise goes on the rest; each face's kept values go to the ledger")
+                        "gender,age); the noise goes on the rest of the identity among faces with these values (with --sphere: on "
+                        "the rest's unit sphere); each face's kept values go to the ledger")
     p.add_argument("--precision", choices=["auto", "int8", "fp32"],
                    help="--renderer v1 arithmetic on the CPU: int8 convolutions (auto, the default: ~1.4x faster on a VNNI CPU, "
                         "renderings ~2 levels of 255 from fp32, same evaluation figures) or fp32 (v2 always runs in fp32)")

@@ -101,9 +101,10 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         device: torch device for the networks.
         color_match: match the generated face's colours to the original inside the mask.
         projection: the domain of the noise. ``None`` (default): the registered public
-            16-d projection ``identity_projection_k16`` (fitted on training identities), unless
-            ``keep`` is given (then the sphere); ``True``: that projection; a path: another
-            fitted projection; ``False``: the whole 128-d unit sphere. Same ε-DP guarantee in
+            16-d projection ``identity_projection_k16`` (fitted on training identities), or with
+            ``keep`` the 16-d projection of the rest of the identity given the kept values
+            (:class:`~identitydp.privacy.keep.ConditionalProjection`); ``True``: the same; a path:
+            another fitted projection (not with ``keep``); ``False``: the whole 128-d unit sphere. Same ε-DP guarantee in
             every domain; the projection needs far less noise per ε, so ε is a knob there (on
             300 LFW people MobileFace rank-1 0.7 / 1.7 / 3.3 / 16.0 / 28.3 % at ε = 1 / 4 / 16 /
             64 / ∞ with v2, docs/results/lfw300-knob-v2; 1.7 / 2.0 / 6.3 / 22.3 / 33.0 % with v1),
@@ -146,8 +147,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         keep: attributes of the identity to release as they are, e.g. ``("gender", "age")``
             (:mod:`identitydp.privacy.keep`): their coordinates along public directions fitted on
             training data are kept exactly (NOT private; each face's values go into its privacy
-            record and the ledger), and the noise goes on the rest of identity space. Not with
-            ``projection``.
+            record and the ledger), and the noise goes on the rest of identity space (by default
+            on its public projection given the kept values, see ``projection``).
         truncation: v2: ψ in [0, 1] of the truncation trick, w ← w̄ + ψ (w − w̄) on the
             renderer's style (w̄: the training identities' mean style, in weights exported since
             2026-12-06). Rare styles, where the renderer paints blotchy texture, move towards
@@ -206,24 +207,25 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         if isinstance(keep, str):  # "gender", "gender,age" or "gender+age" (an evaluation spec)
             keep = [k for k in keep.replace("+", ",").split(",") if k]
         keep = tuple(keep or ())
-        if projection is None:  # the default: the public projection, where ε is a knob (docs/privacy.md)
-            projection = not keep  # the kept attribute directions live on the sphere
-        if projection:
-            proj_path = weight_path(PROJECTION_NAME) if projection is True else Path(projection)
-            domain = Projection.load(proj_path)
-            self.projection = proj_path.name
-        else:
-            domain = UnitSphere(128)
-            self.projection = None
+        if projection is None:  # the default: a public projection, where ε is a knob (docs/privacy.md)
+            projection = True
         self.keep = keep
         if self.keep:
             from ..privacy.keep import KeptAttributesMechanism
 
-            if projection:
-                raise PrivacyError("keep and projection cannot be combined (the kept directions live on the sphere)")
-            self.mechanism = KeptAttributesMechanism(mechanism, epsilon=self.epsilon, delta=delta, rng=rng, keep=self.keep)
+            if projection is not True and projection is not False:
+                raise PrivacyError("with keep, projection is True (the projection of the rest given the kept values, "
+                                   "fitted with the attribute directions) or False (the sphere); not a file")
+            self.mechanism = KeptAttributesMechanism(mechanism, epsilon=self.epsilon, delta=delta, rng=rng, keep=self.keep,
+                                                     projection=projection)
+            self.projection = f"attribute_directions, rest given kept (k={self.mechanism.conditional.k})" if projection else None
+        elif projection:
+            proj_path = weight_path(PROJECTION_NAME) if projection is True else Path(projection)
+            self.projection = proj_path.name
+            self.mechanism = make_mechanism(mechanism, epsilon=self.epsilon, delta=delta, domain=Projection.load(proj_path), rng=rng)
         else:
-            self.mechanism = make_mechanism(mechanism, epsilon=self.epsilon, delta=delta, domain=domain, rng=rng)
+            self.projection = None
+            self.mechanism = make_mechanism(mechanism, epsilon=self.epsilon, delta=delta, domain=UnitSphere(128), rng=rng)
         if weights is None:
             path = weight_path(DEFAULT_WEIGHTS_NAME)
         elif isinstance(weights, str) and weights in registry():

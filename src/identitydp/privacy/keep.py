@@ -5,11 +5,23 @@ directions* U (K × d; fitted on public training data only, ``scripts/fit_attrib
 their orthogonal complement B ((d − K) × d):
 
     a = U z            (K numbers: released exactly, **not** differentially private)
-    r = B z            (‖r‖ ≤ 1: the remainder, released through an ε-DP mechanism on the
-                        L2 ball of radius 1 in R^(d−K): L1 sensitivity 2√(d−K), L2 sensitivity 2)
-    z~ = Uᵀa + √(1 − ‖a‖²) · Bᵀr~ / ‖Bᵀr~‖     (post-processing of a and of the DP output)
+    r = B z            (the rest of the identity: released through an ε-DP mechanism)
 
-So the output is ε-DP *given the kept values*: two faces with the same kept values are
+The rest goes through one of two noise domains:
+
+* **conditional projection** (the default, :class:`ConditionalProjection`): the public Gaussian
+  of training identities (mean and covariance, fitted with the directions) gives the expected
+  rest of a face with kept values a, m(a) = μ_r + W (a − μ_a), and the top-k principal directions
+  P (whitening s) of what varies around it. The mechanism sees y = Pᵀ(r − m(a)) / s, clipped to
+  the L2 ball of radius R (L2 sensitivity 2R, L1 2R√k, whatever a is), and the release is
+  z~ = normalise(Uᵀa + Bᵀ(m(a) + P (s ⊙ y~))) — post-processing of a and of the DP output. At
+  small ε a face is drawn from the faces *with those kept values* (a typical woman of about 40,
+  say), not from the whole sphere, so the renderer sees a realistic identity that agrees with
+  what was kept.
+* **sphere** (``projection=False``): r / ‖r‖ on the unit sphere of R^(d − K) (L2 sensitivity 2,
+  L1 2√(d − K)); z~ = Uᵀa + √(1 − ‖a‖²) · Bᵀr~ / ‖Bᵀr~‖. ε = ∞ gives the identity back exactly.
+
+Either way the output is ε-DP *given the kept values*: two faces with the same kept values are
 ε-indistinguishable, two with different kept values are told apart by those values exactly. The
 release record names every kept value, and the ledger stores them with the release.
 """
@@ -23,10 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PrivacyError
-from .domains import L2Ball, as_batch
+from .domains import DEFAULT_K, DEFAULT_RADIUS_QUANTILE, L2Ball, as_batch, placeholder_radius
 from .mechanisms import Mechanism, make_mechanism
 
-__all__ = ["ATTRIBUTE_NAMES", "AttributeDirections", "KeptAttributesMechanism", "KeptRelease"]
+__all__ = ["ATTRIBUTE_NAMES", "AttributeDirections", "ConditionalProjection", "KeptAttributesMechanism", "KeptRelease"]
 
 #: Attributes that can be kept (the rows of the shipped directions file).
 ATTRIBUTE_NAMES = ("gender", "age")
@@ -46,10 +58,15 @@ class AttributeDirections:
     names: tuple[str, ...]
     directions: np.ndarray
     info: dict
+    mean: np.ndarray | None = None
+    covariance: np.ndarray | None = None
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> "AttributeDirections":
-        """The registered ``attribute_directions`` (checksum verified) or a file."""
+        """The registered ``attribute_directions`` (checksum verified) or a file.
+
+        ``mean`` (d,) and ``covariance`` (d, d) are the public Gaussian of training identities
+        (None in files written before it was added)."""
         from safetensors import safe_open
 
         if path is None:
@@ -59,7 +76,10 @@ class AttributeDirections:
         with safe_open(str(path), framework="numpy") as fh:
             info = json.loads(fh.metadata()["info"])
             directions = fh.get_tensor("directions").astype(np.float64)
-        return cls(tuple(info["names"]), directions, info)
+            keys = set(fh.keys())
+            mean = fh.get_tensor("mean").astype(np.float64) if "mean" in keys else None
+            covariance = fh.get_tensor("covariance").astype(np.float64) if "covariance" in keys else None
+        return cls(tuple(info["names"]), directions, info, mean, covariance)
 
     def select(self, names) -> "AttributeDirections":
         """The directions of ``names`` (in that order), made orthonormal.
@@ -74,7 +94,77 @@ class AttributeDirections:
         rows = np.stack([self.directions[self.names.index(n)] for n in names])
         q, _ = np.linalg.qr(rows.T)  # Gram-Schmidt in the given order
         q = q.T * np.sign(np.sum(q.T * rows, axis=1, keepdims=True))
-        return AttributeDirections(names, q, self.info)
+        return AttributeDirections(names, q, self.info, self.mean, self.covariance)
+
+
+class ConditionalProjection:
+    """The rest of a unit identity given its kept coordinates, as k whitened coordinates.
+
+    From the public Gaussian N(μ, Σ) of training identities (d-dim): with a = U z and r = B z,
+    the expected rest given a is m(a) = μ_r + W (a − μ_a), W = Σ_ra Σ_aa⁻¹, and the rest varies
+    around it with covariance Σ_r|a = Σ_rr − W Σ_ar, whose top-k eigenvectors P ((d − K) × k) and
+    standard deviations s (k,) whiten it. Noise coordinates: y = Pᵀ(r − m(a)) / s, k-dim, in the
+    L2 ball of radius R (default: the χ_k quantile, what a Gaussian's whitened norms would reach;
+    a declared constant, not measured on anyone's data).
+
+    Args:
+        kept_directions: U, (K, d) orthonormal rows.
+        mean: μ, (d,).
+        covariance: Σ, (d, d) symmetric positive semi-definite.
+        k: noise coordinates, 1 ≤ k ≤ d − K.
+        radius: R (default from ``quantile``).
+        quantile: χ_k quantile for R.
+    """
+
+    def __init__(self, kept_directions: np.ndarray, mean: np.ndarray, covariance: np.ndarray, *,
+                 k: int = DEFAULT_K, radius: float | None = None, quantile: float = DEFAULT_RADIUS_QUANTILE) -> None:
+        u = np.asarray(kept_directions, np.float64)
+        mean = np.asarray(mean, np.float64)
+        cov = np.asarray(covariance, np.float64)
+        n_kept, dim = u.shape
+        if mean.shape != (dim,) or cov.shape != (dim, dim):
+            raise PrivacyError(f"the identity Gaussian needs mean ({dim},) and covariance ({dim}, {dim}); "
+                               f"got {mean.shape} and {cov.shape}")
+        if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(cov)) and np.allclose(cov, cov.T, atol=1e-9)):
+            raise PrivacyError("the identity covariance must be finite and symmetric")
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= dim - n_kept:
+            raise PrivacyError(f"k must be an integer in [1, {dim - n_kept}], got {k!r}")
+        full, _, _ = np.linalg.svd(u.T, full_matrices=True)
+        self.kept_directions = u
+        self.complement = full[:, n_kept:].T  # (d − K, d)
+        b = self.complement
+        self.mean_kept = u @ mean
+        self.mean_rest = b @ mean
+        cov_kk = u @ cov @ u.T
+        cov_rk = b @ cov @ u.T
+        self.regression = np.linalg.solve(cov_kk, cov_rk.T).T  # W, (d − K, K); Σ_aa is symmetric
+        cov_rest = b @ cov @ b.T - self.regression @ cov_rk.T
+        values, vectors = np.linalg.eigh((cov_rest + cov_rest.T) / 2)
+        order = np.argsort(values)[::-1][:k]
+        if np.any(values[order] <= 1e-15):
+            raise PrivacyError(f"the identity covariance spans fewer than k={k} directions beside the kept ones")
+        comps = vectors[:, order]
+        comps *= np.sign(comps[np.argmax(np.abs(comps), axis=0), np.arange(k)])  # reproducible signs
+        self.components = comps  # P, (d − K, k)
+        self.scales = np.sqrt(values[order])
+        self.k = k
+        self.radius = float(radius) if radius is not None else placeholder_radius(k, quantile)
+
+    def expected_rest(self, kept: np.ndarray) -> np.ndarray:
+        """(N, K) kept coordinates → (N, d − K) m(a)."""
+        return self.mean_rest + (kept - self.mean_kept) @ self.regression.T
+
+    def whiten(self, unit: np.ndarray) -> np.ndarray:
+        """(N, d) unit identities → (N, k) unclipped noise coordinates y."""
+        kept = unit @ self.kept_directions.T
+        rest = unit @ self.complement.T
+        return ((rest - self.expected_rest(kept)) @ self.components) / self.scales
+
+    def rebuild(self, kept: np.ndarray, coords: np.ndarray) -> np.ndarray:
+        """(N, K) kept values and (N, k) noise coordinates → (N, d) unit identities."""
+        rest = self.expected_rest(kept) + (coords * self.scales) @ self.components.T
+        out = kept @ self.kept_directions + rest @ self.complement
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
 @dataclass
@@ -101,26 +191,43 @@ class KeptRelease:
 
 
 class KeptAttributesMechanism:
-    """An ε-DP mechanism on the remainder of identity space, plus K attributes kept exactly.
+    """An ε-DP mechanism on the rest of identity space, plus K attributes kept exactly.
 
     Args:
         name: ``laplace``, ``gaussian`` or ``metric`` (as :func:`make_mechanism`).
-        epsilon, delta, rng: of the mechanism on the remainder (keyword-only).
+        epsilon, delta, rng: of the mechanism on the rest (keyword-only).
         keep: the attributes to keep, e.g. ``("gender",)``.
         directions: an :class:`AttributeDirections` (default: the registered file).
+        projection: True (default): the rest goes through the :class:`ConditionalProjection`
+            (k-dim ball); False: through the unit sphere of R^(d − K).
+        k: noise coordinates of the conditional projection.
+
+    Raises:
+        PrivacyError: an unknown or repeated attribute, or a directions file without the
+            identity Gaussian that the projection needs.
     """
 
     def __init__(self, name: str, *, epsilon: float, keep, delta: float | None = None, rng=None,
-                 directions: AttributeDirections | None = None) -> None:
+                 directions: AttributeDirections | None = None, projection: bool = True, k: int = DEFAULT_K) -> None:
         base = directions if directions is not None else AttributeDirections.load()
         self.attributes = base.select(keep)
         u = self.attributes.directions
         dim = u.shape[1]
-        # Orthonormal basis of the complement: the last d − K left singular vectors of [Uᵀ | 0].
-        full, _, _ = np.linalg.svd(u.T, full_matrices=True)
-        self.complement = full[:, len(u):].T  # (d − K, d)
         self.dim = dim
-        self.inner: Mechanism = make_mechanism(name, epsilon=epsilon, domain=L2Ball(dim - len(u), 1.0), delta=delta, rng=rng)
+        self.conditional: ConditionalProjection | None = None
+        if projection:
+            if base.mean is None or base.covariance is None:
+                raise PrivacyError("these attribute directions carry no identity Gaussian (mean, covariance); "
+                                   "refit them with scripts/fit_attributes.py or keep with projection=False")
+            self.conditional = ConditionalProjection(u, base.mean, base.covariance, k=k)
+            self.complement = self.conditional.complement
+            domain = L2Ball(k, self.conditional.radius)
+        else:
+            # Orthonormal basis of the complement: the last d − K left singular vectors of [Uᵀ | 0].
+            full, _, _ = np.linalg.svd(u.T, full_matrices=True)
+            self.complement = full[:, len(u):].T  # (d − K, d)
+            domain = L2Ball(dim - len(u), 1.0)
+        self.inner: Mechanism = make_mechanism(name, epsilon=epsilon, domain=domain, delta=delta, rng=rng)
         self.epsilon = self.inner.epsilon
 
     @property
@@ -134,13 +241,16 @@ class KeptAttributesMechanism:
 
         cost = self.inner.privacy_cost()
         kept = ", ".join(self.attributes.names)
-        return replace(cost, relation=f"any two faces with the same kept {kept} (released without DP); {cost.relation}")
+        where = (f"the rest of the identity given the kept values, {self.conditional.k} whitened coordinates"
+                 if self.conditional is not None else "the rest of the identity on the unit sphere")
+        return replace(cost, relation=f"any two faces with the same kept {kept} (released without DP; noise on {where}); "
+                                      f"{cost.relation}")
 
     def perturb(self, z: object) -> KeptRelease:
         """(N, d) or (d,) centred identities → a :class:`KeptRelease`.
 
         Rows are renormalised to unit length first (the domain); the kept coordinates of the
-        unit row are released exactly, the remainder through the inner mechanism.
+        unit row are released exactly, the rest through the inner mechanism.
         """
         batch, _ = as_batch(z, self.dim)
         norms = np.linalg.norm(batch, axis=1, keepdims=True)
@@ -148,8 +258,11 @@ class KeptAttributesMechanism:
             raise PrivacyError("a zero identity vector cannot be split")
         unit = batch / norms
         kept = unit @ self.attributes.directions.T
-        remainder = unit @ self.complement.T
-        release = self.inner.perturb(remainder)
+        if self.conditional is not None:
+            release = self.inner.perturb(self.conditional.whiten(unit))
+            coords = np.asarray(release.embeddings, np.float64).reshape(len(unit), -1)
+            return KeptRelease(self.conditional.rebuild(kept, coords), kept, self.attributes.names, self.privacy_cost())
+        release = self.inner.perturb(unit @ self.complement.T)
         noisy = np.asarray(release.embeddings, np.float64).reshape(len(unit), -1) @ self.complement
         # A zero remainder can only come with ‖a‖ = 1, where ``room`` is 0 anyway.
         noisy /= np.maximum(np.linalg.norm(noisy, axis=1, keepdims=True), 1e-12)
