@@ -115,18 +115,19 @@ def test_dlib_on_onnx_matches_torch(bundled_faces):
 @pytest.mark.parametrize("renderer", ["v2", "v1"])
 def test_photo_path_never_imports_torch(tmp_path, renderer):
     """The CLI's IdentityDP path runs on ONNX Runtime with either renderer (v2: the default): a
-    fresh process anonymizes the bundled photo without loading torch (start-up time and memory)."""
+    fresh process anonymizes the bundled photo without loading torch or dlib (start-up time and
+    memory; the 68 landmarks are our NumPy port)."""
     import subprocess
     import sys
 
     code = ("import sys; from identitydp.cli import main; "
             f"rc = main(['--threads', '1', 'anonymize', 'samples/group.jpg', '-o', {str(tmp_path / 'out.jpg')!r}, '--seed', '3', "
             f"'--renderer', {renderer!r}]); "
-            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', rc)")
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH', 'DLIB' if 'dlib' in sys.modules else 'NO-DLIB', rc)")
     env = {**__import__("os").environ, "IDENTITYDP_LEDGER": str(tmp_path / "ledger.sqlite")}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split()[-2:] == ["NO-TORCH", "0"], out.stdout + out.stderr[-2000:]
+    assert out.stdout.split()[-3:] == ["NO-TORCH", "NO-DLIB", "0"], out.stdout + out.stderr[-2000:]
     assert (tmp_path / "out.jpg").is_file()
 
 

@@ -1,57 +1,32 @@
-"""68-point facial landmarks (iBUG 300-W markup) with dlib's shape predictor.
+"""68-point facial landmarks (iBUG 300-W markup): a NumPy port of dlib's shape predictor.
 
-Used by IdentityDP to put the generated face back on the original face's geometry (pose,
-expression, outline). It is deliberately a *different* landmark model from the evaluation's
-FaceMesh judge, so the landmark error the evaluation reports stays an independent measurement.
+Used by IdentityDP to draw the face's geometry for the v2 renderer (and, for v1, to warp the
+rendering onto the original). It is deliberately a *different* landmark model from the
+evaluation's FaceMesh judge, so the landmark error the evaluation reports stays an independent
+measurement.
 
-The weights are dlib's ``shape_predictor_68_face_landmarks.dat`` from the PyPI package
-``face-recognition-models`` (an ensemble of regression trees in dlib's own binary format, read by
-dlib itself, not a pickle). Its SHA-256 is checked on load.
+The model is dlib's ``shape_predictor_68_face_landmarks.dat`` (PyPI ``face-recognition-models``;
+an ensemble of regression trees, Kazemi & Sullivan, CVPR 2014), converted by
+``scripts/convert_shape_predictor.py`` to ``weights/landmarks68_ert.safetensors`` (splits and
+geometry exact, leaf vectors int8 with a scale per leaf: 18 MB instead of 100 MB) and evaluated
+here in NumPy, so inference needs neither dlib nor the 100 MB model package.
+``tests/test_landmarks68.py`` checks it against dlib itself.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 
 from ..align import template_for
-from ..errors import WeightsError
 
-#: SHA-256 of shape_predictor_68_face_landmarks.dat in face-recognition-models 0.3.0.
-SHAPE_PREDICTOR_68_SHA256 = "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f"
-_FILENAME = "shape_predictor_68_face_landmarks.dat"
-_INSTALL_HINT = "install it with `pip install dlib-bin==20.0.1 face-recognition-models==0.3.0` (a dependency of identitydp)"
+#: Registry name of the converted predictor.
+WEIGHTS_NAME = "landmarks68_ert"
 
 #: Index ranges of the 68-point markup.
 JAW = slice(0, 17)
 BROWS = slice(17, 27)
-
-
-def _model_file() -> Path:
-    # Read the package folder directly: importing face_recognition_models needs pkg_resources.
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or spec.origin is None:
-        raise WeightsError(f"the 68-point landmark model is missing (package face-recognition-models); {_INSTALL_HINT}")
-    path = Path(spec.origin).parent / "models" / _FILENAME
-    if not path.is_file():
-        raise WeightsError(f"{path} is missing; {_INSTALL_HINT}")
-    return path
-
-
-@lru_cache(maxsize=1)
-def _verified_model_file() -> Path:
-    path = _model_file()
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    if digest.hexdigest() != SHAPE_PREDICTOR_68_SHA256:
-        raise WeightsError(f"{path} has SHA-256 {digest.hexdigest()}, expected {SHAPE_PREDICTOR_68_SHA256}; reinstall: {_INSTALL_HINT}")
-    return path
 
 
 def crop_face_box(size: int, margin: float) -> np.ndarray:
@@ -73,33 +48,118 @@ def crop_face_box(size: int, margin: float) -> np.ndarray:
     return np.array([cx - half, top, cx + half, top + 2 * half])
 
 
-class Landmarks68:
-    """dlib's 68-point shape predictor on aligned face crops.
+class ShapePredictor:
+    """An ensemble-of-regression-trees shape predictor (dlib's algorithm), in NumPy.
+
+    Arrays (from :func:`load_predictor`): initial_shape (2P,) float32 in box-normalised
+    coordinates (x0, y0, x1, …); for each of C cascades, T trees of depth D with S = 2^D − 1
+    splits: split_idx (C, T, S, 2) feature-pixel pairs, thresholds (C, T, S) intensity
+    differences, leaves (C, T, 2^D, 2P) shape increments; feature pixels anchor_idx (C, F) and
+    deltas (C, F, 2) (offsets from the anchor landmark in the mean shape's frame). Leaves come as
+    leaves_int8 (C, T, 2^D, 2P) int8 and leaf_scales (C, T, 2^D) float32.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray]) -> None:
+        self.initial = np.asarray(arrays["initial_shape"], np.float64).reshape(-1, 2)
+        split_idx = np.asarray(arrays["split_idx"], np.intp)
+        cascades, trees, splits, _ = split_idx.shape
+        leaves = np.asarray(arrays["leaves_int8"])
+        # Flat per-cascade tables, indexed by tree * splits + node (or tree * leaves + leaf): one
+        # gather per tree level instead of a 2-D fancy index.
+        self.first = split_idx[..., 0].reshape(cascades, -1)
+        self.second = split_idx[..., 1].reshape(cascades, -1)
+        self.thresholds = np.asarray(arrays["thresholds"], np.float32).reshape(cascades, -1)
+        # Kept int8 (16 MB) and scaled per gathered leaf: dequantised up front they would take 65 MB.
+        self.leaves = leaves.reshape(cascades, trees * leaves.shape[2], -1)
+        self.leaf_scales = np.asarray(arrays["leaf_scales"], np.float32).reshape(cascades, -1)
+        self.anchor_idx = np.asarray(arrays["anchor_idx"], np.intp)
+        self.deltas = np.asarray(arrays["deltas"], np.float64)
+        self.depth = int(np.log2(splits + 1))
+        self._split_base = np.arange(trees) * splits
+        self._leaf_base = np.arange(trees) * leaves.shape[2]
+        self._splits = splits
+        self._initial_centred = self.initial - self.initial.mean(0)
+
+    def __call__(self, gray: np.ndarray, box) -> np.ndarray:
+        """(H, W) uint8 intensities and an (x1, y1, x2, y2) integer box → (P, 2) integer pixel
+        positions (dlib rounds its output to whole pixels)."""
+        left, top, right, bottom = (float(v) for v in box)
+        size = np.array([right - left, bottom - top])
+        origin = np.array([left, top])
+        height, width = gray.shape
+        flat_gray = gray.reshape(-1)
+        shape = self.initial.copy()
+        for c in range(self.first.shape[0]):
+            linear = self._linear_part(shape)
+            points = (self.deltas[c] @ linear.T + shape[self.anchor_idx[c]]) * size + origin
+            pix = _round_half_up(points)
+            inside = (pix[:, 0] >= 0) & (pix[:, 0] < width) & (pix[:, 1] >= 0) & (pix[:, 1] < height)
+            features = np.where(inside, flat_gray[np.where(inside, pix[:, 1] * width + pix[:, 0], 0)], 0).astype(np.float32)
+            node = np.zeros(len(self._split_base), np.intp)
+            for _ in range(self.depth):
+                at = self._split_base + node
+                left_branch = features[self.first[c, at]] - features[self.second[c, at]] > self.thresholds[c, at]
+                node = 2 * node + 2 - left_branch
+            rows = self._leaf_base + node - self._splits
+            step = self.leaf_scales[c, rows] @ self.leaves[c, rows].astype(np.float32)
+            shape = shape + step.astype(np.float64).reshape(-1, 2)
+        return _round_half_up(shape * size + origin)
+
+    def _linear_part(self, target: np.ndarray) -> np.ndarray:
+        """The 2×2 scale-rotation of the least-squares similarity initial shape → ``target``
+        (dlib's find_similarity_transform, Umeyama 1991; in 2-D its closed form is the complex
+        ratio a = Σ conj(s)·t / Σ |s|²), translation dropped."""
+        s = self._initial_centred
+        t = target - target.mean(0)
+        norm = (s**2).sum()
+        re = ((s * t).sum()) / norm
+        im = ((s[:, 0] * t[:, 1] - s[:, 1] * t[:, 0]).sum()) / norm
+        return np.array([[re, -im], [im, re]])
+
+
+def _round_half_up(points: np.ndarray) -> np.ndarray:
+    # dlib converts float vectors to integer points by rounding to nearest (floor(x + 0.5)).
+    return np.floor(points + 0.5).astype(np.intp)
+
+
+@lru_cache(maxsize=1)
+def load_predictor() -> ShapePredictor:
+    """The registered converted predictor (checksum verified).
 
     Raises:
-        WeightsError: dlib or the model file is missing, or the file's checksum is wrong.
+        WeightsError: the file is missing or its checksum is wrong.
+    """
+    from safetensors.numpy import load_file
+
+    from .registry import weight_path
+
+    return ShapePredictor(load_file(str(weight_path(WEIGHTS_NAME))))
+
+
+class Landmarks68:
+    """68-point landmarks on aligned face crops (the NumPy port of dlib's predictor).
+
+    Raises:
+        WeightsError: the converted model is missing or corrupt.
     """
 
     def __init__(self) -> None:
-        try:
-            import dlib
-        except ImportError as exc:
-            raise WeightsError(f"dlib is not installed; {_INSTALL_HINT}") from exc
-        self._dlib = dlib
-        self._predictor = dlib.shape_predictor(str(_verified_model_file()))
+        self._predictor = load_predictor()
 
     def predict(self, crop: np.ndarray, box: np.ndarray) -> np.ndarray:
         """68 landmarks of the face in ``box``.
 
         Args:
             crop: (H, W, 3) uint8 RGB image (usually an aligned face crop).
-            box: (4,) x1, y1, x2, y2 in pixels, e.g. :func:`crop_face_box`.
+            box: (4,) x1, y1, x2, y2 in pixels, e.g. :func:`crop_face_box` (rounded to whole
+                pixels, as dlib's rectangle does).
 
         Returns:
             (68, 2) float64 pixel coordinates (pixel centres at +0.5).
         """
         if crop.dtype != np.uint8 or crop.ndim != 3 or crop.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) uint8 image, got {crop.dtype} {crop.shape}")
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
-        shape = self._predictor(np.ascontiguousarray(crop), self._dlib.rectangle(x1, y1, x2, y2))
-        return np.array([[p.x + 0.5, p.y + 0.5] for p in shape.parts()], np.float64)
+        # dlib's intensity of an RGB pixel: the integer mean of the three channels.
+        gray = (crop.astype(np.uint16).sum(axis=2) // 3).astype(np.uint8)
+        box = [int(round(v)) for v in box]
+        return self._predictor(gray, box).astype(np.float64) + 0.5
