@@ -90,14 +90,12 @@ def main() -> None:
     z_all = centre(raw[every], mean)
     gauss_mean = z_all.mean(0)
     covariance = np.cov(z_all.T)
-    from identitydp.privacy.keep import ConditionalProjection
+    from identitydp.privacy.keep import AttributeDirections, ConditionalProjection
 
+    fitted = AttributeDirections(("gender", "age"), directions, {}, gauss_mean, covariance)
     inside = {}
-    for keep in (["gender"], ["age"], ["gender", "age"]):
-        names_kept = tuple(keep)
-        rows_u = np.stack([directions[["gender", "age"].index(n)] for n in names_kept])
-        q, _ = np.linalg.qr(rows_u.T)
-        proj = ConditionalProjection(q.T, gauss_mean, covariance)
+    for keep in (("gender",), ("age",), ("gender", "age")):
+        proj = ConditionalProjection(fitted.select(keep).directions, gauss_mean, covariance)
         inside["+".join(keep)] = round(float(np.mean(np.linalg.norm(proj.whiten(z_all), axis=1) <= proj.radius)), 4)
     info = {
         "format": "identitydp-attribute-directions/1",
