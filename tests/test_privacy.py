@@ -628,6 +628,29 @@ def test_cli_explain(capsys, projection, tmp_path):
     assert "--epsilon: must be > 0" in capsys.readouterr().err
 
 
+def test_cli_explain_keep(capsys):
+    """--keep: what is released without DP, whom the guarantee covers, the rest's domain, and the
+    measured cost of keeping next to keeping nothing (docs/results/lfw300-keep-v2-conditional)."""
+    from identitydp.cli import main
+
+    assert main(["privacy", "explain", "--epsilon", "1", "--keep", "gender"]) == 0
+    out = capsys.readouterr().out
+    assert "Released WITHOUT DP" in out and "gender direction" in out
+    assert "between any two faces with the same kept gender" in out and "between ANY two faces" not in out
+    assert "R^16" in out and "ConditionalProjection" in out
+    measured = out[out.index("Measured for the shipped model"):]
+    rows = {line.split("  ")[1].strip(): line for line in measured.splitlines() if line.startswith("  ") and "%" in line}
+    assert set(rows) >= {"keep gender, ε = 1", "nothing kept, ε = 1", "solid mask (the floor)"}
+    assert "2.00 %" in rows["keep gender, ε = 1"] and "0.67 %" in rows["nothing kept, ε = 1"]
+    assert main(["privacy", "explain", "--epsilon", "1", "--keep", "age", "--sphere"]) == 0
+    out = capsys.readouterr().out
+    assert "R^127" in out and "Measured: not for this renderer, mechanism and domain" in out
+    assert main(["privacy", "explain", "--epsilon", "1", "--keep", "age", "--k", "4"]) == 3
+    assert "own domain" in capsys.readouterr().err
+    assert main(["privacy", "explain", "--epsilon", "1", "--keep", "height"]) == 2
+    capsys.readouterr()
+
+
 def test_ledger_record_accepts_release_dicts(tmp_path):
     ledger = PrivacyLedger(budget=3.0)
     dp_pix = {"mechanism": "dp-pix-laplace", "epsilon": 1.0, "delta": 0.0, "block": 8, "m": 16, "neighbouring": "grids differing in <= 16 pixels"}

@@ -15,6 +15,10 @@ the originals (what an unanonymized photo gives).
 Rebuild the committed files:
     python -m identitydp.eval.curve docs/results/lfw300-knob -o src/identitydp/weights/privacy_curve.json --default-params '{"projection": true}'
     python -m identitydp.eval.curve docs/results/lfw300-knob-v2 -o src/identitydp/weights/privacy_curve_v2.json --default-params '{"weights": "identitydp_renderer_v2"}'
+    python -m identitydp.eval.curve docs/results/lfw300-keep-v2-conditional -o src/identitydp/weights/privacy_curve_keep_v2.json \
+        --source "docs/results/lfw300-keep-v2-conditional (300 LFW people, v2 renderer, ε = 1, 2026-12-06)" --default-params '{}'
+
+(the last one is what ``privacy explain --keep`` shows: each kept setting next to nothing kept.)
 """
 
 from __future__ import annotations

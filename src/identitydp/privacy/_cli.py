@@ -28,9 +28,49 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("--projection", default=None, help="a fitted projection .safetensors (gives d, k and R; default: the "
                     "registered identity_projection_k16, the domain `identitydp anonymize` uses)")
     ex.add_argument("--sphere", action="store_true", help="explain the whole unit sphere in R^--dim instead (anonymize --sphere)")
+    ex.add_argument("--keep", type=_kept_attributes, metavar="ATTRS",
+                    help="explain anonymize --keep ATTRS (gender, age or gender,age): what is released without DP, the "
+                         "domain of the rest, and the measured cost")
     ex.add_argument("--renderer", choices=("v1", "v2"), default="v2",
                     help="whose measured re-identification curve to show (as anonymize --renderer; default v2, the default renderer)")
     ex.set_defaults(func=_explain)
+
+
+def _kept_attributes(text: str) -> list[str]:
+    from .._cli_anonymize import kept_attributes
+
+    return kept_attributes(text)
+
+
+def _explain_kept(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from ..errors import PrivacyError
+    from .explain import explain_mechanism, kept_curve_text
+    from .keep import KeptAttributesMechanism
+
+    if args.projection or args.k is not None or args.radius is not None or args.dim != DEFAULT_DIM:
+        raise PrivacyError("--keep has its own domain (the rest of the identity given the kept values); drop "
+                           "--projection / --k / --radius / --dim (--sphere picks the sphere of the rest)")
+    mech = KeptAttributesMechanism(args.mechanism, epsilon=args.epsilon, delta=args.delta, keep=args.keep,
+                                   projection=not args.sphere)
+    names = ", ".join(mech.attributes.names)
+    notes = [f"Released WITHOUT DP: each face's coordinate along the public {names} direction(s) of identity space "
+             "(fitted on training faces), stored in the ledger with the release."]
+    if mech.conditional is not None:
+        notes.append(f"The rest of the identity is noised given the kept values: {mech.conditional.k} whitened coordinates "
+                     "of a public Gaussian of training identities, clipped to the ball of the Domain line "
+                     "(identitydp.privacy.keep.ConditionalProjection).")
+    else:
+        notes.append("The rest of the identity is noised on its unit sphere (--sphere).")
+    protects = (f"the rest of the identity vector, between any two faces with the same kept {names} (the probability of "
+                "any output changes by at most the factor below if this person's identity is replaced by that of anyone "
+                "with the same kept values; faces with different kept values are told apart by those values exactly).")
+    explanation = replace(explain_mechanism(mech.inner, notes=tuple(notes)), protects=protects)
+    sys.stdout.write(explanation.text() + "\n")
+    sys.stdout.write(kept_curve_text(mech.attributes.names, mechanism=args.mechanism, epsilon=args.epsilon,
+                                     conditional=mech.conditional is not None, renderer=args.renderer) + "\n")
+    return 0
 
 
 def _explain(args: argparse.Namespace) -> int:
@@ -38,6 +78,8 @@ def _explain(args: argparse.Namespace) -> int:
     from .domains import L2Ball, Projection, UnitSphere, placeholder_radius
     from .explain import explain, measured_curve_text
 
+    if args.keep:
+        return _explain_kept(args)
     notes: list[str] = []
     if args.sphere and (args.projection or args.k is not None):
         raise PrivacyError("--sphere is the unit sphere: drop --projection / --k")

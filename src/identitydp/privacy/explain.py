@@ -47,6 +47,8 @@ class Explanation:
         odds: (prior, largest posterior) pairs.
         secure: whether the default secure sampler was used for the numbers.
         notes: extra caveats (placeholder radius, …).
+        protects: who is protected from whom, when narrower than "any two faces" (e.g. with kept
+            attributes); None: any two faces.
     """
 
     mechanism: str
@@ -68,6 +70,7 @@ class Explanation:
     odds: tuple[tuple[float, float], ...]
     secure: bool
     notes: tuple[str, ...] = ()
+    protects: str | None = None
 
     def __str__(self) -> str:
         return self.text()
@@ -85,6 +88,8 @@ class Explanation:
         lines.append(f"Domain: {self.domain}; noise goes into {self.noise_dim} coordinates.")
         if no_noise:
             lines.append("Protects: nothing. Use ε = ∞ only as the reference point of an evaluation.")
+        elif self.protects:
+            lines.append(f"Protects: {self.protects}")
         else:
             lines.append(
                 "Protects: the identity vector of each face, between ANY two faces "
@@ -260,6 +265,45 @@ def _fmt_rate(entry: dict | None) -> str:
     value, ci = entry["value"], entry.get("ci95")
     text = f"{100 * value:.2f} %" if value < 0.1 else f"{100 * value:.1f} %"
     return f"{text} [{100 * ci[0]:.2f}–{100 * ci[1]:.2f}]" if ci else text
+
+
+#: Measured cost of ``--keep`` with the v2 renderer (docs/results/lfw300-keep-v2-conditional).
+KEEP_CURVE_FILE = "privacy_curve_keep_v2.json"
+
+
+def kept_curve_text(keep: tuple[str, ...], *, mechanism: str, epsilon: float, conditional: bool,
+                    renderer: str = DEFAULT_CURVE, path=None) -> str:
+    """What ``identitydp eval`` measured for ``--keep`` with the shipped model: the kept setting next
+    to nothing kept at the same ε, and the solid mask (lines of text, or why nothing)."""
+    import json
+    from pathlib import Path
+
+    from ..models.registry import WEIGHTS_DIR
+
+    path = Path(path) if path is not None else WEIGHTS_DIR / KEEP_CURVE_FILE
+    how = (f"identitydp eval --methods 'identitydp:epsilon={epsilon:g};keep={'+'.join(keep)}' 'identitydp:epsilon={epsilon:g}' "
+           "measures it")
+    if renderer != "v2" or mechanism != "laplace" or not conditional or not path.is_file():
+        return f"Measured: not for this renderer, mechanism and domain (docs/privacy.md has v1's and the sphere's); {how}."
+    curve = json.loads(path.read_text())
+    wanted = "+".join(keep)
+    kept = [p for p in curve["points"] if p["params"] == {"keep": wanted} and float(p["epsilon"]) == epsilon]
+    plain = [p for p in curve["points"] if p["params"] == {} and float(p["epsilon"]) == epsilon]
+    if not kept:
+        return f"Measured: not at ε = {epsilon:g} with --keep {','.join(keep)}; {how}."
+    judge = CURVE_JUDGE
+    lines = [f"Measured for the shipped model, renderer v2 (not a guarantee: one model, one data set; {curve['source']}).",
+             f"Judge: {judge}; rank-1 among the run's probe people (chance {100 * (curve.get('chance_rank1') or 0):.2f} %), "
+             "accepted at the judge's FAR 0.1 % threshold.",
+             f"  {'setting':<28} {'rank-1 re-identification':<28} {'accepted as the same person':<28}"]
+    for label, points in ((f"keep {','.join(keep)}, ε = {epsilon:g}", kept), (f"nothing kept, ε = {epsilon:g}", plain)):
+        for p in points:
+            j = p["judges"].get(judge, {})
+            lines.append(f"  {label:<28} {_fmt_rate(j.get('rank1')):<28} {_fmt_rate(j.get('verify_accept')):<28}")
+    j = (curve.get("floor_mask") or {}).get(judge, {})
+    lines.append(f"  {'solid mask (the floor)':<28} {_fmt_rate(j.get('rank1')):<28} {_fmt_rate(j.get('verify_accept')):<28}")
+    lines.append("  What keeping buys (gender agreement, age error) is in docs/privacy.md, \"Kept attributes\".")
+    return "\n".join(lines)
 
 
 def measured_curve_text(mechanism: str, *, epsilon: float, domain: Domain | None, path=None,
