@@ -105,6 +105,18 @@ def test_api_limits_errors_and_no_user_paths(server, tmp_path):
             time.sleep(0.2)
         assert t["status"] == "done" and t["renderer"] == "v2-inpainting", t
         assert [f["status"] for f in t["faces"]] == ["anonymized"] * 5 and t["releases"] == 5
+        # --keep from the form: each face says what it released without DP.
+        r = c.post("/api/anonymize", files={"file": ("x.jpg", SAMPLE.read_bytes())}, data={"method": "identitydp", "keep": "height"})
+        assert r.status_code == 400 and "keep" in r.json()["error"]
+        task = c.post("/api/anonymize", files={"file": ("x.jpg", SAMPLE.read_bytes())},
+                      data={"method": "identitydp", "keep": "gender"}).json()["task"]
+        for _ in range(600):
+            t = c.get(f"/api/tasks/{task}").json()
+            if t["status"] not in ("queued", "running"):
+                break
+            time.sleep(0.2)
+        assert t["status"] == "done" and t["keep"] == ["gender"], t
+        assert all(set(f["released_without_dp"]) == {"gender"} for f in t["faces"]), t["faces"]
         # Another browser (no cookie) cannot see this session's results.
         assert httpx.get(f"{server}/api/tasks/{task}/output").status_code == 404
         assert c.post("/api/session/end").json()["ended"] is True

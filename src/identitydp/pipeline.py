@@ -78,7 +78,10 @@ class ImageReport:
             "method": self.method,
             "faces": [
                 {**det, "status": outcome.status, **({"error": outcome.error} if outcome.error else {}),
-                 **({"exempt": outcome.exempt} if outcome.exempt else {})}
+                 **({"exempt": outcome.exempt} if outcome.exempt else {}),
+                 # --keep: the values this face released without DP (also in the ledger)
+                 **({"released_without_dp": outcome.privacy["released_without_dp"]}
+                    if outcome.privacy and "released_without_dp" in outcome.privacy else {})}
                 for det, outcome in zip(self.detections.to_json(), self.faces)
             ],
             "uncertain": [{**det, "status": "masked" if self.uncertain_masked else "left as is"}

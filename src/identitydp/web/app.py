@@ -336,11 +336,12 @@ def create_app(*, ledger: Path, workdir: Path | None = None, max_upload_mb: floa
     @app.post("/api/anonymize")
     async def anonymize(request: Request, file: UploadFile = File(...), method: str = Form("identitydp"),
                         epsilon: str = Form(""), mechanism: str = Form(""), budget: str = Form(""),
-                        threshold: str = Form("0.5"), use_exempt: str = Form("true"), renderer: str = Form("")):
+                        threshold: str = Form("0.5"), use_exempt: str = Form("true"), renderer: str = Form(""),
+                        keep: str = Form("")):
         from ..jobs import AnonymizerConfig
 
         s = session_of(request)
-        params = _params(method, epsilon, mechanism, renderer)
+        params = _params(method, epsilon, mechanism, renderer, keep)
         budget_value = _number(budget, "budget", positive=True) if budget.strip() else None
         th = _number(threshold, "threshold")
         if not 0 < th < 1:
@@ -372,11 +373,13 @@ def create_app(*, ledger: Path, workdir: Path | None = None, max_upload_mb: floa
             report = t.result["report"]
             for i, f in enumerate(report.get("faces", [])):
                 faces.append({"index": i, "box": f.get("box"), "score": f.get("score"), "status": f.get("status"),
-                              "ledger_key": f.get("ledger_key"), "exempt": f.get("exempt"), "error": f.get("error")})
+                              "ledger_key": f.get("ledger_key"), "exempt": f.get("exempt"), "error": f.get("error"),
+                              "released_without_dp": f.get("released_without_dp")})
         return {"id": t.id, "kind": t.kind, "name": t.name, "status": t.status, "progress": t.progress,
                 "frames": t.frames, "total_frames": t.total_frames, "error": t.error, "faces": faces,
                 # what ran, from the image report (v1-aei / v2-inpainting); None for other methods
                 "renderer": (((t.result or {}).get("report") or {}).get("method") or {}).get("renderer"),
+                "keep": (((t.result or {}).get("report") or {}).get("method") or {}).get("keep"),
                 "releases": (t.result or {}).get("releases", 0), "epsilon": (t.result or {}).get("epsilon", 0.0),
                 "video": (t.result or {}).get("report") if t.kind == "video" else None}
 
@@ -464,9 +467,9 @@ def _number(text: str, name: str, *, positive: bool = False) -> float:
     return value
 
 
-def _params(method: str, epsilon: str, mechanism: str, renderer: str = "") -> dict:
-    """The anonymizer's keyword arguments from the form's fields (``mechanism`` and ``renderer``
-    are read for identitydp only, like the CLI's; empty fields take the defaults)."""
+def _params(method: str, epsilon: str, mechanism: str, renderer: str = "", keep: str = "") -> dict:
+    """The anonymizer's keyword arguments from the form's fields (``mechanism``, ``renderer`` and
+    ``keep`` are read for identitydp only, like the CLI's; empty fields take the defaults)."""
     from .._cli_anonymize import DEFAULT_IDENTITYDP_EPSILON, METHOD_CHOICES
 
     if method not in METHOD_CHOICES:
@@ -486,4 +489,13 @@ def _params(method: str, epsilon: str, mechanism: str, renderer: str = "") -> di
         if renderer not in ("", *RENDERERS):
             raise WebError(f"unknown renderer {renderer!r} ({' or '.join(RENDERERS)})")
         params["weights"] = RENDERERS[renderer or DEFAULT_RENDERER]
+        if keep.strip():
+            import argparse
+
+            from .._cli_anonymize import kept_attributes
+
+            try:
+                params["keep"] = kept_attributes(keep)
+            except argparse.ArgumentTypeError as exc:
+                raise WebError(f"keep: {exc}") from None
     return params
