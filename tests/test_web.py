@@ -58,6 +58,16 @@ def server(tmp_path):
     proc.wait(30)
 
 
+def _finished(client, task: str, *, tries: int = 600) -> dict:
+    """Poll a task until it is neither queued nor running (0.2 s apart); its last state."""
+    for _ in range(tries):
+        t = client.get(f"/api/tasks/{task}").json()
+        if t["status"] not in ("queued", "running"):
+            break
+        time.sleep(0.2)
+    return t
+
+
 @pytest.mark.slow
 def test_api_limits_errors_and_no_user_paths(server, tmp_path):
     import httpx
@@ -86,11 +96,7 @@ def test_api_limits_errors_and_no_user_paths(server, tmp_path):
         evil = "../../../../tmp/identitydp-evil.jpg"
         r = c.post("/api/anonymize", files={"file": (evil, SAMPLE.read_bytes())}, data={"method": "mask"})
         task = r.json()["task"]
-        for _ in range(200):
-            t = c.get(f"/api/tasks/{task}").json()
-            if t["status"] not in ("queued", "running"):
-                break
-            time.sleep(0.2)
+        t = _finished(c, task, tries=200)
         assert t["status"] == "done" and t["name"] == "identitydp-evil.jpg" and len(t["faces"]) == 5
         assert not Path("/tmp/identitydp-evil.jpg").exists()
         # The renderer is a choice of the identitydp method; the task says which one ran.
@@ -98,11 +104,7 @@ def test_api_limits_errors_and_no_user_paths(server, tmp_path):
         assert r.status_code == 400 and "unknown renderer" in r.json()["error"]
         task = c.post("/api/anonymize", files={"file": ("x.jpg", SAMPLE.read_bytes())},
                       data={"method": "identitydp", "renderer": "v2"}).json()["task"]
-        for _ in range(600):
-            t = c.get(f"/api/tasks/{task}").json()
-            if t["status"] not in ("queued", "running"):
-                break
-            time.sleep(0.2)
+        t = _finished(c, task, tries=600)
         assert t["status"] == "done" and t["renderer"] == "v2-inpainting", t
         assert [f["status"] for f in t["faces"]] == ["anonymized"] * 5 and t["releases"] == 5
         # --keep from the form: each face says what it released without DP.
@@ -110,11 +112,7 @@ def test_api_limits_errors_and_no_user_paths(server, tmp_path):
         assert r.status_code == 400 and "keep" in r.json()["error"]
         task = c.post("/api/anonymize", files={"file": ("x.jpg", SAMPLE.read_bytes())},
                       data={"method": "identitydp", "keep": "gender"}).json()["task"]
-        for _ in range(600):
-            t = c.get(f"/api/tasks/{task}").json()
-            if t["status"] not in ("queued", "running"):
-                break
-            time.sleep(0.2)
+        t = _finished(c, task, tries=600)
         assert t["status"] == "done" and t["keep"] == ["gender"], t
         assert all(set(f["released_without_dp"]) == {"gender"} for f in t["faces"]), t["faces"]
         # Another browser (no cookie) cannot see this session's results.
@@ -132,11 +130,7 @@ def test_exemption_in_the_web_ui_keeps_only_the_consenting_person(server, tmp_pa
         r = c.post("/api/exempt", files={"file": ("me.jpg", ref.read_bytes())}, data={"person": name})
         assert r.status_code == 200, r.text
         task = c.post("/api/anonymize", files={"file": ("scene.jpg", scene.read_bytes())}, data={"method": "blur"}).json()["task"]
-        for _ in range(600):
-            t = c.get(f"/api/tasks/{task}").json()
-            if t["status"] not in ("queued", "running"):
-                break
-            time.sleep(0.2)
+        t = _finished(c, task, tries=600)
     statuses = [f["status"] for f in sorted(t["faces"], key=lambda f: f["box"][0])]
     assert statuses == ["exempt", "anonymized", "anonymized", "anonymized"], t
     assert sorted(t["faces"], key=lambda f: f["box"][0])[0]["exempt"]["person"] == name
