@@ -778,9 +778,8 @@ def test_kept_attributes_projection_stays_within_e_eps_for_faces_with_the_same_k
     statistic has little power (a 3ε mechanism reaches only ≈ 0.96 here); the inner mechanism's
     power test is ``test_laplace_statistical_dp``. This one checks that splitting, whitening,
     clipping and rebuilding add nothing to what the inner mechanism sees."""
-    from identitydp.privacy.keep import AttributeDirections, KeptAttributesMechanism
+    from identitydp.privacy.keep import KeptAttributesMechanism
 
-    directions = AttributeDirections.load()
     eps, n = 1.0, 60_000
     mech = KeptAttributesMechanism("laplace", epsilon=eps, keep=("gender",), rng=ReproducibleRNG(5))
     cond = mech.conditional
