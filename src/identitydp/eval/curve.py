@@ -3,7 +3,7 @@
 ``identitydp eval`` writes ``privacy_curve.json`` into every run folder (from ``results.jsonl``
 alone). One curve per shipped renderer is committed in ``src/identitydp/weights/``:
 ``privacy_curve.json`` (v1, the 300-people run of the default domain, docs/results/lfw300-knob)
-and ``privacy_curve_v2.json`` (v2, docs/results/lfw300-knob-v2); ``identitydp privacy explain
+and ``privacy_curve_v2.json`` (v2, docs/results/lfw300-knob-v2-modes2); ``identitydp privacy explain
 [--renderer v2]`` and the web page show them next to the maths, so that a user picks ε from
 evidence rather than from the bound alone.
 
@@ -14,11 +14,14 @@ the originals (what an unanonymized photo gives).
 
 Rebuild the committed files:
     python -m identitydp.eval.curve docs/results/lfw300-knob -o src/identitydp/weights/privacy_curve.json --default-params '{"projection": true}'
-    python -m identitydp.eval.curve docs/results/lfw300-knob-v2 -o src/identitydp/weights/privacy_curve_v2.json --default-params '{"weights": "identitydp_renderer_v2"}'
-    python -m identitydp.eval.curve docs/results/lfw300-keep-v2-conditional -o src/identitydp/weights/privacy_curve_keep_v2.json \
-        --source "docs/results/lfw300-keep-v2-conditional (300 LFW people, v2 renderer, ε = 1, 2026-12-06)" --default-params '{}'
+    python -m identitydp.eval.curve docs/results/lfw300-knob-v2-modes2 -o src/identitydp/weights/privacy_curve_v2.json --default-params '{"weights": "identitydp_renderer_v2"}' \\
+        --source "identitydp eval on 300 LFW people (docs/results/lfw300-knob-v2-modes2): …; the v2 renderer identitydp_renderer_v2 (v2d, sha256 4074dcbc8229...) with its sketch on 2 shape modes (the default), Laplace in the public 16-d projection (the default)"
+    python -m identitydp.eval.curve docs/results/lfw300-knob-v2-modes2 -o src/identitydp/weights/privacy_curve_keep_v2.json \
+        --source "docs/results/lfw300-knob-v2-modes2 (300 LFW people, v2 renderer, 2 shape modes, ε = 1, 2026-12-06)" \
+        --default-params '{"weights": "identitydp_renderer_v2"}'
 
-(the last one is what ``privacy explain --keep`` shows: each kept setting next to nothing kept.)
+(the last one is what ``privacy explain --keep`` shows: each kept setting next to nothing kept,
+the default setting's point at the same ε.)
 """
 
 from __future__ import annotations

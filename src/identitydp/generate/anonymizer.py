@@ -49,6 +49,11 @@ RENDERER_V2_NAME = "identitydp_renderer_v2"
 RENDERERS = {"v1": WEIGHTS_NAME, "v2": RENDERER_V2_NAME}
 DEFAULT_RENDERER = "v2"
 DEFAULT_WEIGHTS_NAME = RENDERERS[DEFAULT_RENDERER]
+#: Leading modes of the public shape model that the v2 renderer's sketch gets by default. The
+#: shipped v2 was trained with 4: mode 1 follows yaw, 2 pitch and face length, 3 jaw width (with
+#: some mouth), 4 the mouth and pitch. Dropping 3 and 4 cut MobileFace's acceptance of ε = 1
+#: outputs on full LFW from 3.5 % to 1.2 % (docs/results/lfw-full-shape-modes).
+DEFAULT_SHAPE_MODES = 2
 PROJECTION_NAME = "identity_projection_k16"
 #: The paste may change pixels only inside the detector box enlarged by this fraction per side.
 PASTE_REGION = 0.25
@@ -106,8 +111,9 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             (:class:`~identitydp.privacy.keep.ConditionalProjection`); ``True``: the same; a path:
             another fitted projection (not with ``keep``); ``False``: the whole 128-d unit sphere. Same ε-DP guarantee in
             every domain; the projection needs far less noise per ε, so ε is a knob there (on
-            300 LFW people MobileFace rank-1 0.7 / 1.7 / 3.3 / 16.0 / 28.3 % at ε = 1 / 4 / 16 /
-            64 / ∞ with v2, docs/results/lfw300-knob-v2; 1.7 / 2.0 / 6.3 / 22.3 / 33.0 % with v1),
+            300 LFW people MobileFace rank-1 1.3 / 1.7 / 3.3 / 14.3 / 27.0 % at ε = 1 / 4 / 16 /
+            64 / ∞ with v2 and 2 shape modes, docs/results/lfw300-knob-v2-modes2; 1.7 / 2.0 / 6.3 /
+            22.3 / 33.0 % with v1),
             while on the sphere (v1) every ε ≤ 16 gives a random identity (1.3-2.7 %) and ε = ∞
             gives the person back (58 %).
         geometry: warp the rendering onto the original face's 68 landmarks (dlib's shape
@@ -156,6 +162,14 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             release. 1 (default): off. Measured on 300 LFW people (docs/generator_card.md) at
             ψ = 0.7: fewer blotchy faces to the eye, but sharpness ratio 0.87 → 0.76, MobileFace
             Fréchet distance 0.372 → 0.394 and less diversity, so it is not the default.
+        shape_modes: v2: how many leading modes of the public shape model (fitted on training
+            faces, part of the weights) the landmark sketch is projected onto; the face's own
+            geometry beyond them is not given to the renderer. None (default):
+            ``DEFAULT_SHAPE_MODES`` (2: yaw, pitch and face length), capped at what the renderer was
+            trained with (4 for the shipped v2: adds jaw width and the mouth, which identify:
+            MobileFace accepted 3.5 % of ε = 1 outputs on full LFW with 4, 1.2 % with 2, at a
+            landmark error of 0.064 vs 0.075 inter-ocular). Not a privacy mechanism: the modes
+            kept are released as they are, like the context.
         precision: v1 renderer arithmetic on ONNX Runtime: ``"auto"`` (default: int8
             convolutions where ``scripts/quantize_renderer.py`` quantized the weights in use,
             else fp32), ``"int8"`` (required: a clear error otherwise) or ``"fp32"``. int8 is
@@ -191,6 +205,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         render_every: int = 1,
         precision: str = "auto",
         truncation: float = 1.0,
+        shape_modes: int | None = None,
     ) -> None:
         from ..align import face_mask, template_for
         from ..models.registry import registry, weight_path
@@ -252,8 +267,11 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self.model = self.dlib = self._onnx = self._dlib_onnx = self._loader = self.landmarks68 = None
         self.color_match = color_match
         self.backend = "torch"
+        self.shape_modes: int | None = None
         if self.inpainting:
-            self._load_v2_conditioning(path)
+            self._load_v2_conditioning(path, shape_modes)
+        elif shape_modes is not None:
+            raise ValueError("shape_modes is for the v2 renderer; v1 reads the whole face")
         # v2 on ORT renders without truncation only (the graph has no style mean input).
         if backend != "torch" and device == "cpu" and self.inpainting and truncation == 1.0:
             self._load_onnx_v2()
@@ -344,8 +362,9 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             self._loader = threading.Thread(target=self._load_in_background, name="identitydp-load")
             self._loader.start()
 
-    def _load_v2_conditioning(self, path: Path) -> None:
-        """The v2 renderer's config and public shape model, read with NumPy (no torch)."""
+    def _load_v2_conditioning(self, path: Path, shape_modes: int | None = None) -> None:
+        """The v2 renderer's config and public shape model (its first ``shape_modes`` modes), read
+        with NumPy (no torch)."""
         from safetensors import safe_open
 
         from .inpaint_conditions import InpaintConfig
@@ -358,6 +377,20 @@ class IdentityDPAnonymizer(FaceAnonymizer):
                     raise WeightsError(f"{path} declares a shape model but does not hold it")
                 self._shape_model = (fh.get_tensor("shape_mean").astype(np.float64),
                                      fh.get_tensor("shape_basis").astype(np.float64))
+        trained = self.v2_config.shape_components
+        if shape_modes is None:
+            self.shape_modes = min(DEFAULT_SHAPE_MODES, trained) if trained else None
+            if self.shape_modes is None:
+                return
+        elif trained == 0:
+            raise ValueError(f"{path.name} draws the face's own landmarks (no shape model): shape_modes does not apply")
+        elif isinstance(shape_modes, bool) or not isinstance(shape_modes, (int, np.integer)) or not 1 <= shape_modes <= trained:
+            raise ValueError(f"shape_modes must be an integer from 1 to {trained} (the modes {path.name} was trained with), "
+                             f"got {shape_modes!r}")
+        else:
+            self.shape_modes = int(shape_modes)
+        mean, basis = self._shape_model
+        self._shape_model = (mean, basis[: self.shape_modes])
 
     def _load_onnx_v2(self) -> None:
         """The v2 renderer and dlib on ONNX Runtime (no torch import); ``_onnx`` stays None if unavailable."""
@@ -439,6 +472,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             "renderer": "v2-inpainting" if self.inpainting else "v1-aei",
             "grain": self.grain if self.inpainting else None,
             "truncation": self.truncation if self.inpainting else None,
+            "shape_modes": self.shape_modes if self.inpainting else None,
             "backend": self.backend,
             "precision": self.precision,
         }

@@ -288,7 +288,7 @@ def kept_curve_text(keep: tuple[str, ...], *, mechanism: str, epsilon: float, co
     curve = json.loads(path.read_text())
     wanted = "+".join(keep)
     kept = [p for p in curve["points"] if p["params"] == {"keep": wanted} and float(p["epsilon"]) == epsilon]
-    plain = [p for p in curve["points"] if p["params"] == {} and float(p["epsilon"]) == epsilon]
+    plain = [p for p in default_points(curve) if float(p["epsilon"]) == epsilon]
     if not kept:
         return f"Measured: not at ε = {epsilon:g} with --keep {','.join(keep)}; {how}."
     judge = CURVE_JUDGE
