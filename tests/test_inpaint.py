@@ -328,6 +328,7 @@ def test_larger_convex_region_and_shape_model(real_crop, tmp_path) -> None:
     model draws the landmarks projected onto its leading modes; both ship with the weights."""
     from identitydp.generate.checkpoint import export_generator, load_generator
     from identitydp.generate.inpaint import mask_for
+    from identitydp.generate.inpaint_conditions import project_shape
     from identitydp.training.inpaint import fit_shape_model
 
     crop, lm68 = real_crop
@@ -351,6 +352,15 @@ def test_larger_convex_region_and_shape_model(real_crop, tmp_path) -> None:
     loaded, _, _ = load_generator(path)
     assert loaded.cfg.shape_components == 4 and loaded.cfg.mask_convex
     assert np.allclose(loaded.sketch_geometry(lm68), reduced, atol=1e-3)
+    # A network with fewer modes starts from this one's weights with the leading modes (the
+    # k-mode model of the same faces), as a fine-tune to ``shape_components`` 2 does.
+    from identitydp.training.inpaint import _load_matching
+
+    two = InpaintGenerator(InpaintConfig(size=128, **SMALL, mask_lift=1.0, mask_grow=0.06, mask_convex=True, shape_components=2))
+    assert _load_matching(two, g.state_dict())
+    assert torch.equal(two.shape_basis, g.shape_basis[:2]) and torch.equal(two.shape_mean, g.shape_mean)
+    assert np.allclose(two.sketch_geometry(lm68), project_shape(lm68, mean, basis[:2], 128), atol=1e-4)
+    assert not _load_matching(g, two.state_dict())  # fewer modes than wanted: the caller fits them
 
 
 def test_native_bf16_is_read_from_the_cpu_flags(tmp_path) -> None:

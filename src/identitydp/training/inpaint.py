@@ -448,11 +448,10 @@ class InpaintTrainer(TimedTrainer):
         with safe_open(str(path), "pt") as fh:
             keys = set(fh.keys())
             meta = fh.metadata() or {}
-        self._init_has_shape = any(k.endswith("shape_basis") for k in keys)
         if not any(k.startswith("D.") for k in keys):
             model, id_mean, _ = load_generator(path, device=self.device)
             _load_matching(self.G, model.state_dict())
-            _load_matching(self.G_ema, model.state_dict())
+            self._init_has_shape = _load_matching(self.G_ema, model.state_dict())
             self._set_id_mean(id_mean)
             self.event("initialised", path=str(path), discriminator="fresh")
             return
@@ -463,7 +462,7 @@ class InpaintTrainer(TimedTrainer):
 
         _load_matching(self.G, part("G."))
         self.D.load_state_dict(part("D."))
-        _load_matching(self.G_ema, part("G_ema.") if any(k.startswith("G_ema.") for k in keys) else part("G."))
+        self._init_has_shape = _load_matching(self.G_ema, part("G_ema.") if any(k.startswith("G_ema.") for k in keys) else part("G."))
         self._set_id_mean(tensors["id_mean"])
         self.step = int(meta.get("step", 0))
         self.images_seen = int(meta.get("images_seen", 0))
@@ -498,14 +497,29 @@ def _network_options(cfg: InpaintTrainConfig) -> dict:
     return net
 
 
-def _load_matching(module: torch.nn.Module, state: dict) -> None:
+def _load_matching(module: torch.nn.Module, state: dict) -> bool:
     """Load weights whose config may differ only in conditioning (mask, shape model): every
-    learned tensor must match; the shape-model buffers may be absent (they are fitted)."""
+    learned tensor must match; the shape-model buffers may be absent (they are fitted).
+
+    A checkpoint whose shape model has more modes than this network's gives its leading ones
+    (principal modes are nested: the k-mode model of the same faces is their first k rows).
+
+    Returns:
+        whether the shape model came from the checkpoint (else the caller fits it).
+    """
     own = module.state_dict()
     missing = [k for k in own if k not in state and not k.startswith("shape_")]
     if missing:
         raise ValueError(f"checkpoint lacks {missing[:5]}{'…' if len(missing) > 5 else ''}")
-    module.load_state_dict({k: state[k].to(own[k].dtype) for k in own if k in state}, strict=False)
+    load = {k: state[k].to(own[k].dtype) for k in own if k in state}
+    if "shape_basis" in load and load["shape_basis"].shape != own["shape_basis"].shape:
+        if load["shape_basis"].shape[0] >= own["shape_basis"].shape[0] and load["shape_basis"].shape[1:] == own["shape_basis"].shape[1:]:
+            load["shape_basis"] = load["shape_basis"][: own["shape_basis"].shape[0]].clone()
+        else:
+            load.pop("shape_basis")
+            load.pop("shape_mean", None)
+    module.load_state_dict(load, strict=False)
+    return "shape_basis" in load
 
 
 def run_from_args(args: argparse.Namespace) -> int:
