@@ -379,18 +379,16 @@ class IdentityDPAnonymizer(FaceAnonymizer):
                                      fh.get_tensor("shape_basis").astype(np.float64))
         trained = self.v2_config.shape_components
         if shape_modes is None:
-            self.shape_modes = min(DEFAULT_SHAPE_MODES, trained) if trained else None
-            if self.shape_modes is None:
-                return
+            shape_modes = min(DEFAULT_SHAPE_MODES, trained)
         elif trained == 0:
             raise ValueError(f"{path.name} draws the face's own landmarks (no shape model): shape_modes does not apply")
         elif isinstance(shape_modes, bool) or not isinstance(shape_modes, (int, np.integer)) or not 1 <= shape_modes <= trained:
             raise ValueError(f"shape_modes must be an integer from 1 to {trained} (the modes {path.name} was trained with), "
                              f"got {shape_modes!r}")
-        else:
+        if self._shape_model is not None:
             self.shape_modes = int(shape_modes)
-        mean, basis = self._shape_model
-        self._shape_model = (mean, basis[: self.shape_modes])
+            mean, basis = self._shape_model
+            self._shape_model = (mean, basis[: self.shape_modes])
 
     def _load_onnx_v2(self) -> None:
         """The v2 renderer and dlib on ONNX Runtime (no torch import); ``_onnx`` stays None if unavailable."""
