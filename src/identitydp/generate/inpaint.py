@@ -8,8 +8,9 @@ only from the (noisy) identity vector, as IdentityDP prescribes:
 * the **inner face** (the hull of the 68 landmarks, raised over the forehead: see
   :func:`inner_face_mask`) is erased from the input before the network sees it;
 * what the output must keep comes in as separate channels: the **context** around the face (hair,
-  ears, background, neck: the crop outside the mask), the **pose and expression geometry** as a
-  line drawing of the 68 landmarks (:func:`landmark_sketch`, five channels: jaw, brows, nose,
+  ears, background, neck: the crop outside the mask), the **pose geometry** as a
+  line drawing of the 68 landmarks (at inference by default their 2 leading public shape modes:
+  head pose and face length, not the expression) (:func:`landmark_sketch`, five channels: jaw, brows, nose,
   eyes, mouth), and **coarse lighting/colour** (:func:`coarse_colour`: the inner face averaged
   over a 4×4 grid of the crop, i.e. about 2×2 cells over the face);
 * the **identity** ``z`` (the centred unit dlib descriptor, the DP release) drives every decoder

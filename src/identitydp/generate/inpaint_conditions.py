@@ -63,7 +63,7 @@ class InpaintConfig:
         mask_convex: repaint the convex hull of that polygon (its shape then says less about
             the face outline).
         shape_components: 0: the sketch draws the face's own 68 landmarks; k > 0: it draws them
-            projected onto the k leading modes of a public shape model (pose and expression),
+            projected onto the k leading modes of a public shape model (pose first, then face shape and mouth),
             so the fine shape of eyes, nose, mouth and jaw — identity — is not given to the
             renderer. The model (mean + modes, fitted on training faces) is part of the weights.
         colour_grid: side of the coarse-colour grid over the crop.
