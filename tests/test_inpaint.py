@@ -436,35 +436,39 @@ def test_registered_v2_renderer_from_the_cli(lfw_images, tmp_path) -> None:
 
 def test_shape_modes_limit_the_geometry_the_renderer_gets(real_crop, lfw_images, tmp_path) -> None:
     """The registered v2 renderer's sketch is the face's 68 landmarks projected onto the first
-    K modes of its shape model: by default 2 of the 4 it was trained with, so the rendering gets
-    less of the face's own shape; K is validated; the CLI passes it and refuses it for v1."""
+    K modes of its shape model (by default 2, at most the number it was trained with): fewer
+    modes give the rendering less of the face's own shape; K is validated; the CLI passes it,
+    refuses more modes than the renderer has, and refuses it for v1."""
     from identitydp.cli import main as cli_main
-    from identitydp.generate.anonymizer import DEFAULT_SHAPE_MODES, IdentityDPAnonymizer
+    from identitydp.generate.anonymizer import DEFAULT_SHAPE_MODES, IdentityDPAnonymizer, trained_shape_modes
     from identitydp.generate.inpaint_conditions import project_shape
 
     crop, lm68 = real_crop
+    trained = trained_shape_modes("identitydp_renderer_v2")
+    assert trained >= DEFAULT_SHAPE_MODES == 2 and trained_shape_modes("identitydp_generator") == 0
     default = IdentityDPAnonymizer(epsilon=1.0, seed=0)
-    four = IdentityDPAnonymizer(epsilon=1.0, seed=0, shape_modes=4)
-    assert default.describe()["shape_modes"] == DEFAULT_SHAPE_MODES == 2 and four.describe()["shape_modes"] == 4
-    assert default._shape_model[1].shape == (2, 136) and four._shape_model[1].shape == (4, 136)
+    one = IdentityDPAnonymizer(epsilon=1.0, seed=0, shape_modes=1)
+    assert default.describe()["shape_modes"] == 2 and one.describe()["shape_modes"] == 1
+    assert default._shape_model[1].shape == (2, 136) and one._shape_model[1].shape == (1, 136)
 
     def error(shape_model) -> float:  # px from the face's own landmarks
         return float(np.linalg.norm(project_shape(lm68, *shape_model, 128) - lm68, axis=1).mean())
 
-    assert error(default._shape_model) > error(four._shape_model) + 0.2
+    assert error(one._shape_model) > error(default._shape_model) + 0.2
     identity = np.eye(128)[0]
     out2, _ = default.inpaint(crop, identity, noise_seed=1)
-    out4, _ = four.inpaint(crop, identity, noise_seed=1)
-    assert np.abs(out2.astype(int) - out4.astype(int)).max() > 20  # same identity and noise, other geometry
-    for bad in (0, 5, 2.0, True):
+    out1, _ = one.inpaint(crop, identity, noise_seed=1)
+    assert np.abs(out2.astype(int) - out1.astype(int)).max() > 20  # same identity and noise, other geometry
+    for bad in (0, trained + 1, 2.0, True):
         with pytest.raises(ValueError, match="shape_modes"):
             IdentityDPAnonymizer(epsilon=1.0, seed=0, shape_modes=bad)
     with pytest.raises(ValueError, match="v2"):
         IdentityDPAnonymizer(epsilon=1.0, seed=0, weights="identitydp_generator", shape_modes=2)
     args = ["anonymize", str(lfw_images[5]), "-o", str(tmp_path / "out.png"), "--ledger", str(tmp_path / "l.sqlite"),
-            "--quiet", "--shape-modes", "4"]
+            "--quiet", "--shape-modes", str(trained)]
     assert cli_main(args) == 0
     assert cli_main(args + ["--renderer", "v1", "--overwrite"]) == 3  # a conflict of options, said in one line
+    assert cli_main(args[:-1] + [str(trained + 1), "--overwrite"]) == 3  # more modes than the renderer has
 
 
 def test_train_command_stops_cleanly_on_sigterm(v2_bundle, tmp_path) -> None:

@@ -116,7 +116,7 @@ def add_method_arguments(p) -> None:
                    help="identitydp: release these attributes of the identity as they are, NOT private (gender, age, or "
                         "gender,age); the noise goes on the rest of the identity among faces with these values (with --sphere: on "
                         "the rest's unit sphere); each face's kept values go to the ledger")
-    p.add_argument("--shape-modes", type=int, choices=[1, 2, 3, 4], metavar="K",
+    p.add_argument("--shape-modes", type=bounded_int(1, 64), metavar="K",
                    help="identitydp with the v2 renderer: how much face geometry the renderer gets, as the K leading modes "
                         "of a public shape model (default 2: head pose and face length; 4 adds jaw width and the mouth, "
                         "better landmarks and expression, but they identify: MobileFace accepted 3.5 %% of ε = 1 outputs on "
@@ -180,6 +180,13 @@ def _method_params(args) -> dict:
         renderer = getattr(args, "renderer", None) or DEFAULT_RENDERER
         if params["shape_modes"] is not None and renderer == "v1":
             raise IdentityDPError("--shape-modes is for the v2 renderer; v1 reads the whole face")
+        if params["shape_modes"] is not None:
+            from .generate.anonymizer import trained_shape_modes
+
+            trained = trained_shape_modes(RENDERERS[renderer])
+            if params["shape_modes"] > trained:
+                raise IdentityDPError(f"--shape-modes {params['shape_modes']}: the {renderer} renderer was trained with "
+                                      f"{trained} shape modes; choose 1 to {trained}")
         if renderer != "v1":
             if getattr(args, "precision", None) == "int8":
                 raise IdentityDPError(f"--precision int8 is for the v1 renderer (--renderer v1); {renderer} runs in fp32")

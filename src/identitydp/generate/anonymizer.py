@@ -90,6 +90,26 @@ def _read_generator_header(path: Path) -> tuple[dict, np.ndarray]:
         return meta, fh.get_tensor("id_mean")
 
 
+def trained_shape_modes(weights: str | Path) -> int:
+    """How many shape-model modes a v2 renderer was trained with (0: it draws the face's own
+    landmarks, or it is a v1 generator): the most ``shape_modes`` it accepts. Reads the metadata
+    only.
+
+    Args:
+        weights: a registered renderer's name (e.g. ``"identitydp_renderer_v2"``) or a file.
+
+    Raises:
+        WeightsError: missing, corrupt or not an identitydp generator.
+    """
+    from ..models.registry import registry, weight_path
+
+    path = weight_path(weights) if isinstance(weights, str) and weights in registry() else Path(weights)
+    meta = read_metadata(path)
+    if meta.get("format") != EXPORT_FORMAT_V2:
+        return 0
+    return int(json.loads(meta["net"]).get("shape_components", 0))
+
+
 class IdentityDPAnonymizer(FaceAnonymizer):
     """ε-IdentityDP face anonymizer.
 
