@@ -16,7 +16,7 @@ trainer): ``--bundle .data/v2_128.npz --limit 6000`` takes that many random non-
 (seed 0), centred by the registered v2 renderer's identity mean (how the pipeline centres them):
 
     python scripts/fit_projection.py --bundle .data/v2_128.npz --limit 6000 --k 32 \
-        -o src/identitydp/weights/identity_projection_k32.safetensors
+        -o runs/proj_k32.safetensors
 """
 
 from __future__ import annotations

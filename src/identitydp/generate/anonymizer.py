@@ -90,6 +90,17 @@ def _read_generator_header(path: Path) -> tuple[dict, np.ndarray]:
         return meta, fh.get_tensor("id_mean")
 
 
+def _weights_path(weights: str | Path | None) -> Path:
+    """The file of a renderer given as None (the default), a registered name or a path."""
+    from ..models.registry import registry, weight_path
+
+    if weights is None:
+        return weight_path(DEFAULT_WEIGHTS_NAME)
+    if isinstance(weights, str) and weights in registry():
+        return weight_path(weights)  # a registered renderer by name, e.g. "identitydp_renderer_v2"
+    return Path(weights)
+
+
 def trained_shape_modes(weights: str | Path) -> int:
     """How many shape-model modes a v2 renderer was trained with (0: it draws the face's own
     landmarks, or it is a v1 generator): the most ``shape_modes`` it accepts. Reads the metadata
@@ -101,10 +112,7 @@ def trained_shape_modes(weights: str | Path) -> int:
     Raises:
         WeightsError: missing, corrupt or not an identitydp generator.
     """
-    from ..models.registry import registry, weight_path
-
-    path = weight_path(weights) if isinstance(weights, str) and weights in registry() else Path(weights)
-    meta = read_metadata(path)
+    meta = read_metadata(_weights_path(weights))
     if meta.get("format") != EXPORT_FORMAT_V2:
         return 0
     return int(json.loads(meta["net"]).get("shape_components", 0))
@@ -228,7 +236,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         shape_modes: int | None = None,
     ) -> None:
         from ..align import face_mask, template_for
-        from ..models.registry import registry, weight_path
+        from ..models.registry import weight_path
         from ..privacy import Projection, ReproducibleRNG, UnitSphere, make_mechanism
 
         if isinstance(render_every, bool) or not isinstance(render_every, (int, np.integer)) or render_every < 1:
@@ -261,12 +269,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         else:
             self.projection = None
             self.mechanism = make_mechanism(mechanism, epsilon=self.epsilon, delta=delta, domain=UnitSphere(128), rng=rng)
-        if weights is None:
-            path = weight_path(DEFAULT_WEIGHTS_NAME)
-        elif isinstance(weights, str) and weights in registry():
-            path = weight_path(weights)  # a registered renderer by name, e.g. "identitydp_renderer_v2"
-        else:
-            path = Path(weights)
+        path = _weights_path(weights)
         self.weights = path
         if backend not in ("auto", "onnxruntime", "torch"):
             raise ValueError(f"backend must be auto, onnxruntime or torch, got {backend!r}")
