@@ -116,6 +116,11 @@ def add_method_arguments(p) -> None:
                    help="identitydp: release these attributes of the identity as they are, NOT private (gender, age, or "
                         "gender,age); the noise goes on the rest of the identity among faces with these values (with --sphere: on "
                         "the rest's unit sphere); each face's kept values go to the ledger")
+    p.add_argument("--gender-from-context", action="store_true",
+                   help="identitydp with the v2 renderer: give the new face the gender that the hair, ears, neck and clothes "
+                        "around it suggest (read by a small network that never sees the face), instead of a random one; "
+                        "random draws that disagree with the context tend to render with blotchy skin. Stays ε-DP (the "
+                        "context is published unchanged anyway); not with --keep")
     p.add_argument("--shape-modes", type=bounded_int(1, 64), metavar="K",
                    help="identitydp with the v2 renderer: how much face geometry the renderer gets, as the K leading modes "
                         "of a public shape model (default 2: head pose and face length; 4 adds jaw width and the mouth, "
@@ -174,7 +179,8 @@ def _method_params(args) -> dict:
         params.update(epsilon=args.epsilon, mechanism=args.mechanism, delta=args.delta, projection=False if args.sphere else None,
                       geometry=True if args.geometry and not args.no_geometry else None, keep=args.keep,
                       render_every=render_every, precision=getattr(args, "precision", None),
-                      shape_modes=getattr(args, "shape_modes", None))
+                      shape_modes=getattr(args, "shape_modes", None),
+                      gender_from_context=True if getattr(args, "gender_from_context", False) else None)
         from .generate.anonymizer import DEFAULT_RENDERER, RENDERERS
 
         renderer = getattr(args, "renderer", None) or DEFAULT_RENDERER
@@ -187,6 +193,10 @@ def _method_params(args) -> dict:
             if params["shape_modes"] > trained:
                 raise IdentityDPError(f"--shape-modes {params['shape_modes']}: the {renderer} renderer was trained with "
                                       f"{trained} shape modes; choose 1 to {trained}")
+        if params["gender_from_context"] and renderer == "v1":
+            raise IdentityDPError("--gender-from-context is for the v2 renderer; v1 reads the whole face")
+        if params["gender_from_context"] and args.keep:
+            raise IdentityDPError("--gender-from-context sets the gender from the context; drop --keep (or it)")
         if renderer != "v1":
             if getattr(args, "precision", None) == "int8":
                 raise IdentityDPError(f"--precision int8 is for the v1 renderer (--renderer v1); {renderer} runs in fp32")
@@ -196,6 +206,8 @@ def _method_params(args) -> dict:
         params["weights"] = RENDERERS[renderer]
     if getattr(args, "renderer", None) is not None and args.method != "identitydp":
         raise IdentityDPError(f"--renderer applies to the identitydp method, not to {args.method}")
+    if getattr(args, "gender_from_context", False) and args.method != "identitydp":
+        raise IdentityDPError(f"--gender-from-context applies to the identitydp method's renderer, not to {args.method}")
     if getattr(args, "shape_modes", None) is not None and args.method != "identitydp":
         raise IdentityDPError(f"--shape-modes applies to the identitydp method's renderer, not to {args.method}")
     if getattr(args, "precision", None) is not None and args.method != "identitydp":

@@ -190,6 +190,12 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             release. 1 (default): off. Measured on 300 LFW people (docs/generator_card.md) at
             ψ = 0.7: fewer blotchy faces to the eye, but sharpness ratio 0.87 → 0.76, MobileFace
             Fréchet distance 0.372 → 0.394 and less diversity, so it is not the default.
+        gender_from_context: v2: set the released identity's gender coordinate from the context
+            around the face (hair, ears, neck, clothes; the crop with the renderer's repaint mask
+            painted out, :mod:`identitydp.models.context_gender`) instead of drawing it with the
+            rest, so that the new face agrees with the hair and clothes it is pasted into. A
+            function of pixels the output shows unchanged: the release stays ε-DP between any
+            two identities (unlike ``keep=("gender",)``). Not with ``keep``.
         shape_modes: v2: how many leading modes of the public shape model (fitted on training
             faces, part of the weights) the landmark sketch is projected onto; the face's own
             geometry beyond them is not given to the renderer. None (default):
@@ -234,6 +240,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         precision: str = "auto",
         truncation: float = 1.0,
         shape_modes: int | None = None,
+        gender_from_context: bool = False,
     ) -> None:
         from ..align import face_mask, template_for
         from ..models.registry import weight_path
@@ -253,7 +260,23 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         if projection is None:  # the default: a public projection, where ε is a knob (docs/privacy.md)
             projection = True
         self.keep = keep
-        if self.keep:
+        self.gender_from_context = bool(gender_from_context)
+        self.context_gender = None
+        if self.gender_from_context:
+            from ..models.context_gender import ContextGender
+            from ..privacy.keep import KeptAttributesMechanism
+
+            if self.keep:
+                raise PrivacyError("gender_from_context sets the gender from the context; it cannot be combined with keep")
+            if projection is not True and projection is not False:
+                raise PrivacyError("with gender_from_context, projection is True (the projection of the rest given the "
+                                   "gender) or False (the sphere); not a file")
+            self.mechanism = KeptAttributesMechanism(mechanism, epsilon=self.epsilon, delta=delta, rng=rng, keep=("gender",),
+                                                     projection=projection, kept_from="context")
+            self.projection = (f"attribute_directions, rest given the context's gender (k={self.mechanism.conditional.k})"
+                               if projection else None)
+            self.context_gender = ContextGender.load()
+        elif self.keep:
             from ..privacy.keep import KeptAttributesMechanism
 
             if projection is not True and projection is not False:
@@ -295,6 +318,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             self._load_v2_conditioning(path, shape_modes)
         elif shape_modes is not None:
             raise ValueError("shape_modes is for the v2 renderer; v1 reads the whole face")
+        elif self.gender_from_context:
+            raise ValueError("gender_from_context reads what the v2 renderer reads of the crop; v1 reads the whole face")
         # v2 on ORT renders without truncation only (the graph has no style mean input).
         if backend != "torch" and device == "cpu" and self.inpainting and truncation == 1.0:
             self._load_onnx_v2()
@@ -494,6 +519,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             "grain": self.grain if self.inpainting else None,
             "truncation": self.truncation if self.inpainting else None,
             "shape_modes": self.shape_modes if self.inpainting else None,
+            "gender_from_context": self.gender_from_context or None,
             "backend": self.backend,
             "precision": self.precision,
         }
@@ -608,6 +634,15 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             out = match_grain(out, crop, mask, np.random.default_rng(int(noise_seed)))
         return out, mask
 
+    def _context_gender(self, crops: list[np.ndarray]) -> np.ndarray:
+        """(N, 1) gender coordinates read from the crops' context only: each (S, S, 3) uint8 crop
+        with the renderer's own repaint mask painted out (:mod:`identitydp.models.context_gender`)."""
+        from .inpaint_conditions import mask_for
+
+        self.ready()
+        masks = [mask_for(self.v2_config, self.landmarks68.predict(crop, self._lm_box)) for crop in crops]
+        return self.context_gender.gender_coordinate(self.context_gender.p_female(np.stack(crops), np.stack(masks)))
+
     def match_geometry(self, generated: np.ndarray, original: np.ndarray) -> np.ndarray:
         """Warp a generated crop so its 68 landmarks land on the original crop's.
 
@@ -715,7 +750,11 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         if draw:
             # One draw per face, never retried: a second draw would be a second, uncharged release.
             try:
-                release = self.mechanism.perturb(np.stack([identities[i] for i in draw]))
+                if self.gender_from_context:
+                    kept = self._context_gender([aligned[i].crop for i in draw])
+                    release = self.mechanism.perturb(np.stack([identities[i] for i in draw]), kept)
+                else:
+                    release = self.mechanism.perturb(np.stack([identities[i] for i in draw]))
                 z = np.asarray(release.embeddings, np.float64).reshape(len(draw), -1)
                 if not np.all(np.isfinite(z)):
                     raise AnonymizationError("mechanism returned a non-finite identity")
@@ -729,6 +768,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
                     privacy[i] = dict(record)
                     if self.keep:  # exactly what this face released without DP
                         privacy[i]["released_without_dp"] = release.kept_dict(row)
+                    elif self.gender_from_context:  # a function of the published context, not of the face
+                        privacy[i]["set_from_context"] = release.kept_dict(row)
                     if track_ids[i] is not None:
                         self._tracks[track_ids[i]] = noisy[i]
         rendered: dict[int, np.ndarray] = {}

@@ -47,10 +47,15 @@ def _weights_for(method: str, params: Mapping[str, Any]) -> dict[str, str]:
             from ..generate.onnx_backend import INT8_WEIGHTS_NAME
 
             names.append(INT8_WEIGHTS_NAME)  # the int8 renderer quantized from it
-        if params.get("projection") is True or (params.get("projection") is None and not params.get("keep")):
+        conditional = params.get("keep") or params.get("gender_from_context")
+        if params.get("projection") is True or (params.get("projection") is None and not conditional):
             names.append(PROJECTION_NAME)  # the default domain
-        if params.get("keep"):
+        if conditional:
             names.append("attribute_directions")
+        if params.get("gender_from_context"):
+            from ..models.context_gender import CONTEXT_GENDER_NAME
+
+            names.append(CONTEXT_GENDER_NAME)
     entries = registry()
     return {**{name: entries[name].sha256 for name in names if name in entries}, **files}
 

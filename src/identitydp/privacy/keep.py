@@ -24,6 +24,12 @@ The rest goes through one of two noise domains:
 Either way the output is ε-DP *given the kept values*: two faces with the same kept values are
 ε-indistinguishable, two with different kept values are told apart by those values exactly. The
 release record names every kept value, and the ledger stores them with the release.
+
+**Values set from the context** (``kept_from="context"``, ``--gender-from-context``): the kept
+coordinates are not read from the identity at all but given by the caller, from a function of
+pixels the output publishes unchanged (:mod:`identitydp.models.context_gender`); the identity goes
+through the mechanism with the expected rest given those values. Nothing of the identity is released
+without noise, so the release is ε-DP between *any* two identities (for the same context).
 """
 
 from __future__ import annotations
@@ -154,9 +160,11 @@ class ConditionalProjection:
         """(N, K) kept coordinates → (N, d − K) m(a)."""
         return self.mean_rest + (kept - self.mean_kept) @ self.regression.T
 
-    def whiten(self, unit: np.ndarray) -> np.ndarray:
-        """(N, d) unit identities → (N, k) unclipped noise coordinates y."""
-        kept = unit @ self.kept_directions.T
+    def whiten(self, unit: np.ndarray, kept: np.ndarray | None = None) -> np.ndarray:
+        """(N, d) unit identities → (N, k) unclipped noise coordinates y, around the expected rest
+        given ``kept`` ((N, K); default: the identities' own kept coordinates)."""
+        if kept is None:
+            kept = unit @ self.kept_directions.T
         rest = unit @ self.complement.T
         return ((rest - self.expected_rest(kept)) @ self.components) / self.scales
 
@@ -201,6 +209,10 @@ class KeptAttributesMechanism:
         projection: True (default): the rest goes through the :class:`ConditionalProjection`
             (k-dim ball); False: through the unit sphere of R^(d − K).
         k: noise coordinates of the conditional projection.
+        kept_from: ``"identity"`` (default): the kept values are the identity's own coordinates,
+            released without DP; ``"context"``: the caller passes them to :meth:`perturb` (set from
+            the context around the face, which the output shows anyway); nothing of the identity
+            is released without noise.
 
     Raises:
         PrivacyError: an unknown or repeated attribute, or a directions file without the
@@ -208,7 +220,11 @@ class KeptAttributesMechanism:
     """
 
     def __init__(self, name: str, *, epsilon: float, keep, delta: float | None = None, rng=None,
-                 directions: AttributeDirections | None = None, projection: bool = True, k: int = DEFAULT_K) -> None:
+                 directions: AttributeDirections | None = None, projection: bool = True, k: int = DEFAULT_K,
+                 kept_from: str = "identity") -> None:
+        if kept_from not in ("identity", "context"):
+            raise PrivacyError(f"kept_from must be 'identity' or 'context', got {kept_from!r}")
+        self.kept_from = kept_from
         base = directions if directions is not None else AttributeDirections.load()
         self.attributes = base.select(keep)
         u = self.attributes.directions
@@ -243,23 +259,38 @@ class KeptAttributesMechanism:
         kept = ", ".join(self.attributes.names)
         where = (f"the rest of the identity given the kept values, {self.conditional.k} whitened coordinates"
                  if self.conditional is not None else "the rest of the identity on the unit sphere")
+        if self.kept_from == "context":
+            return replace(cost, relation=f"any two faces in the same context (the {kept} coordinate is set from the "
+                                          f"context around the face, which the output shows unchanged; noise on {where}); "
+                                          f"{cost.relation}")
         return replace(cost, relation=f"any two faces with the same kept {kept} (released without DP; noise on {where}); "
                                       f"{cost.relation}")
 
-    def perturb(self, z: object) -> KeptRelease:
+    def perturb(self, z: object, kept: np.ndarray | None = None) -> KeptRelease:
         """(N, d) or (d,) centred identities → a :class:`KeptRelease`.
 
         Rows are renormalised to unit length first (the domain); the kept coordinates of the
-        unit row are released exactly, the rest through the inner mechanism.
+        unit row are released exactly, the rest through the inner mechanism. With
+        ``kept_from="context"``, ``kept`` ((N, K), required) gives the kept coordinates instead,
+        and the identity's own are never read.
         """
         batch, _ = as_batch(z, self.dim)
         norms = np.linalg.norm(batch, axis=1, keepdims=True)
         if np.any(norms <= 0):
             raise PrivacyError("a zero identity vector cannot be split")
         unit = batch / norms
-        kept = unit @ self.attributes.directions.T
+        if self.kept_from == "context":
+            if kept is None:
+                raise PrivacyError("kept_from='context' needs the kept values from the context (kept=)")
+            kept = np.asarray(kept, np.float64).reshape(len(unit), len(self.attributes.names))
+            if not np.all(np.isfinite(kept)) or np.any(np.abs(kept) > 1):
+                raise PrivacyError("kept values from the context must be finite coordinates in [-1, 1]")
+        elif kept is not None:
+            raise PrivacyError("kept values can only be given with kept_from='context'")
+        else:
+            kept = unit @ self.attributes.directions.T
         if self.conditional is not None:
-            release = self.inner.perturb(self.conditional.whiten(unit))
+            release = self.inner.perturb(self.conditional.whiten(unit, kept))
             coords = np.asarray(release.embeddings, np.float64).reshape(len(unit), -1)
             return KeptRelease(self.conditional.rebuild(kept, coords), kept, self.attributes.names, self.privacy_cost())
         release = self.inner.perturb(unit @ self.complement.T)
