@@ -110,6 +110,14 @@ def test_api_limits_errors_and_no_user_paths(server, tmp_path):
         # --keep from the form: each face says what it released without DP.
         r = c.post("/api/anonymize", files={"file": ("x.jpg", SAMPLE.read_bytes())}, data={"method": "identitydp", "keep": "height"})
         assert r.status_code == 400 and "keep" in r.json()["error"]
+        r = c.post("/api/anonymize", files={"file": ("x.jpg", SAMPLE.read_bytes())},
+                   data={"method": "identitydp", "keep": "gender", "gender_from_context": "true"})
+        assert r.status_code == 400 and "choose one" in r.json()["error"]
+        task = c.post("/api/anonymize", files={"file": ("x.jpg", SAMPLE.read_bytes())},
+                      data={"method": "identitydp", "gender_from_context": "true"}).json()["task"]
+        t = _finished(c, task, tries=600)
+        assert t["status"] == "done" and all(set(f["set_from_context"]) == {"gender"} and not f["released_without_dp"]
+                                             for f in t["faces"]), t["faces"]
         task = c.post("/api/anonymize", files={"file": ("x.jpg", SAMPLE.read_bytes())},
                       data={"method": "identitydp", "keep": "gender"}).json()["task"]
         t = _finished(c, task, tries=600)

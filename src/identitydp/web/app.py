@@ -337,11 +337,11 @@ def create_app(*, ledger: Path, workdir: Path | None = None, max_upload_mb: floa
     async def anonymize(request: Request, file: UploadFile = File(...), method: str = Form("identitydp"),
                         epsilon: str = Form(""), mechanism: str = Form(""), budget: str = Form(""),
                         threshold: str = Form("0.5"), use_exempt: str = Form("true"), renderer: str = Form(""),
-                        keep: str = Form("")):
+                        keep: str = Form(""), gender_from_context: str = Form("")):
         from ..jobs import AnonymizerConfig
 
         s = session_of(request)
-        params = _params(method, epsilon, mechanism, renderer, keep)
+        params = _params(method, epsilon, mechanism, renderer, keep, gender_from_context)
         budget_value = _number(budget, "budget", positive=True) if budget.strip() else None
         th = _number(threshold, "threshold")
         if not 0 < th < 1:
@@ -374,7 +374,8 @@ def create_app(*, ledger: Path, workdir: Path | None = None, max_upload_mb: floa
             for i, f in enumerate(report.get("faces", [])):
                 faces.append({"index": i, "box": f.get("box"), "score": f.get("score"), "status": f.get("status"),
                               "ledger_key": f.get("ledger_key"), "exempt": f.get("exempt"), "error": f.get("error"),
-                              "released_without_dp": f.get("released_without_dp")})
+                              "released_without_dp": f.get("released_without_dp"),
+                              "set_from_context": f.get("set_from_context")})
         return {"id": t.id, "kind": t.kind, "name": t.name, "status": t.status, "progress": t.progress,
                 "frames": t.frames, "total_frames": t.total_frames, "error": t.error, "faces": faces,
                 # what ran, from the image report (v1-aei / v2-inpainting); None for other methods
@@ -467,9 +468,11 @@ def _number(text: str, name: str, *, positive: bool = False) -> float:
     return value
 
 
-def _params(method: str, epsilon: str, mechanism: str, renderer: str = "", keep: str = "") -> dict:
-    """The anonymizer's keyword arguments from the form's fields (``mechanism``, ``renderer`` and
-    ``keep`` are read for identitydp only, like the CLI's; empty fields take the defaults)."""
+def _params(method: str, epsilon: str, mechanism: str, renderer: str = "", keep: str = "",
+            gender_from_context: str = "") -> dict:
+    """The anonymizer's keyword arguments from the form's fields (``mechanism``, ``renderer``,
+    ``keep`` and ``gender_from_context`` are read for identitydp only, like the CLI's; empty fields
+    take the defaults)."""
     from .._cli_anonymize import DEFAULT_IDENTITYDP_EPSILON, METHOD_CHOICES
 
     if method not in METHOD_CHOICES:
@@ -498,4 +501,10 @@ def _params(method: str, epsilon: str, mechanism: str, renderer: str = "", keep:
                 params["keep"] = kept_attributes(keep)
             except argparse.ArgumentTypeError as exc:
                 raise WebError(f"keep: {exc}") from None
+        if gender_from_context.strip().lower() in ("true", "1", "on"):
+            if renderer == "v1":
+                raise WebError("gender from the context is for the v2 renderer; v1 reads the whole face")
+            if params.get("keep"):
+                raise WebError("gender from the context replaces keeping the gender: choose one")
+            params["gender_from_context"] = True
     return params
