@@ -200,3 +200,13 @@ def test_the_release_records_where_the_gender_came_from(tmp_path, capsys):
     for bad in (["--keep", "gender"], ["--renderer", "v1"], ["--method", "blur"]):
         assert main(["anonymize", SAMPLE, "-o", str(tmp_path / "x.jpg"), "--gender-from-context", "--quiet", *bad]) == 3
         assert "--gender-from-context" in capsys.readouterr().err  # said in one line, no traceback
+
+
+def test_privacy_explain_states_the_guarantee_with_gender_from_context(capsys):
+    from identitydp.cli import main
+
+    assert main(["privacy", "explain", "--epsilon", "1", "--gender-from-context"]) == 0
+    out = capsys.readouterr().out
+    assert "any two faces in the same context" in out and "nothing of the face" in out and "78.3 %" in out
+    assert main(["privacy", "explain", "--epsilon", "1", "--gender-from-context", "--keep", "gender"]) == 3
+    assert "drop --keep" in capsys.readouterr().err
