@@ -161,7 +161,7 @@ def test_lfw_women_read_as_women_and_men_as_men(lfw_dir):
             faces = det.detect(image)
             k = int(np.argmax((faces.boxes[:, 2] - faces.boxes[:, 0]) * (faces.boxes[:, 3] - faces.boxes[:, 1])))
             crop = align_face(image, faces.landmarks[k], size=anon.size, margin=anon.margin).crop
-            coord = anon._context_gender([crop])[0, 0]
+            coord = anon._context_gender([crop])[0][0, 0]
             out.append((coord - model.male_mean) / (model.female_mean - model.male_mean))
         return out
 

@@ -584,7 +584,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             y = w * y[:n] + (1 - w) * y[n:, ..., ::-1]
         return np.clip(np.round((y + 1) * 127.5), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1)
 
-    def inpaint(self, crop: np.ndarray, identity: np.ndarray, noise_seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def inpaint(self, crop: np.ndarray, identity: np.ndarray, noise_seed: int | None = None,
+                landmarks68: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """v2: repaint the inner face of one aligned crop with a new identity.
 
         Args:
@@ -592,6 +593,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             identity: (128,) or (1, 128) unit identity (the DP release).
             noise_seed: seed of the renderer's texture noise (video: one per track); None draws
                 a fresh one. This noise is not a privacy mechanism, only texture.
+            landmarks68: (68, 2) landmarks of this crop when already predicted, else None.
 
         Returns:
             ((S, S, 3) uint8 composite crop, (S, S) float32 paste mask in [0, 1]).
@@ -602,7 +604,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         if not self.inpainting:
             raise RuntimeError("inpaint() needs a v2 renderer")
         self.ready()
-        lm68 = self.landmarks68.predict(crop, self._lm_box)
+        lm68 = self.landmarks68.predict(crop, self._lm_box) if landmarks68 is None else landmarks68
         # The region and the geometry exactly as the renderer was trained with (its config).
         mask = mask_for(self.v2_config, lm68)
         geometry = lm68 if self._shape_model is None else project_shape(lm68, *self._shape_model, self.size)
@@ -634,14 +636,16 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             out = match_grain(out, crop, mask, np.random.default_rng(int(noise_seed)))
         return out, mask
 
-    def _context_gender(self, crops: list[np.ndarray]) -> np.ndarray:
-        """(N, 1) gender coordinates read from the crops' context only: each (S, S, 3) uint8 crop
-        with the renderer's own repaint mask painted out (:mod:`identitydp.models.context_gender`)."""
+    def _context_gender(self, crops: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Gender coordinates read from the crops' context only, each (S, S, 3) uint8 crop with the
+        renderer's own repaint mask painted out (:mod:`identitydp.models.context_gender`): ((N, 1)
+        coordinates, the crops' (68, 2) landmarks, which :meth:`inpaint` then reuses)."""
         from .inpaint_conditions import mask_for
 
         self.ready()
-        masks = [mask_for(self.v2_config, self.landmarks68.predict(crop, self._lm_box)) for crop in crops]
-        return self.context_gender.gender_coordinate(self.context_gender.p_female(np.stack(crops), np.stack(masks)))
+        lm68 = [self.landmarks68.predict(crop, self._lm_box) for crop in crops]
+        masks = np.stack([mask_for(self.v2_config, lm) for lm in lm68])
+        return self.context_gender.gender_coordinate(self.context_gender.p_female(np.stack(crops), masks)), lm68
 
     def match_geometry(self, generated: np.ndarray, original: np.ndarray) -> np.ndarray:
         """Warp a generated crop so its 68 landmarks land on the original crop's.
@@ -730,6 +734,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
                 fail(i, exc)
         noisy: dict[int, np.ndarray] = {}
         privacy: dict[int, dict] = {}
+        landmarks68: dict[int, np.ndarray] = {}  # v2 crops' landmarks, where already predicted
         draw = []
         for i in aligned:
             track = track_ids[i]
@@ -751,7 +756,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             # One draw per face, never retried: a second draw would be a second, uncharged release.
             try:
                 if self.gender_from_context:
-                    kept = self._context_gender([aligned[i].crop for i in draw])
+                    kept, lm68 = self._context_gender([aligned[i].crop for i in draw])
+                    landmarks68.update(zip(draw, lm68))
                     release = self.mechanism.perturb(np.stack([identities[i] for i in draw]), kept)
                 else:
                     release = self.mechanism.perturb(np.stack([identities[i] for i in draw]))
@@ -798,7 +804,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             if i not in noisy:
                 continue
             try:
-                out = self._paste(out, faces, i, aligned[i], noisy[i], rendered.get(i), track_ids[i])
+                out = self._paste(out, faces, i, aligned[i], noisy[i], rendered.get(i), track_ids[i], landmarks68.get(i))
                 outcomes[i] = FaceOutcome(index=i, privacy=privacy.get(i))
             except Exception as exc:  # noqa: BLE001 - any failure on a face must hide that face (fail closed)
                 fail(i, exc)
@@ -824,7 +830,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             except Exception as exc:  # noqa: BLE001 - fail closed on this face
                 fail(i, exc)
 
-    def _paste(self, out, faces: Detections, i: int, aligned, noisy: np.ndarray, rendered, track):
+    def _paste(self, out, faces: Detections, i: int, aligned, noisy: np.ndarray, rendered, track, landmarks68=None):
         from ..blend import enlarged_box, paste_face
 
         region = enlarged_box(faces.boxes[i], PASTE_REGION)
@@ -837,7 +843,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
                 seed = None if self._texture_rng is None else int(self._texture_rng.integers(2**62))
                 if track is not None:
                     seed = self._track_noise.setdefault(track, secrets.randbits(62) if seed is None else seed)
-                face, mask = self.inpaint(aligned.crop, noisy, noise_seed=seed)
+                face, mask = self.inpaint(aligned.crop, noisy, noise_seed=seed, landmarks68=landmarks68)
                 if track is not None and self.render_every > 1:
                     self._track_render[track] = ((face, mask), 1)
             return paste_face(out, face, aligned.inverse, mask, color_match=self.color_match,
