@@ -118,3 +118,18 @@ def pytest_sessionfinish(session, exitstatus):
         if not any(expected in reason for expected in EXPECTED_SKIPS_ON_CI):
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
             return
+
+
+@pytest.fixture(scope="session")
+def real_crop(lfw_images):
+    """An aligned 128-px LFW crop at the training template and its 68 landmarks."""
+    from identitydp.align import align_face
+    from identitydp.detect import CenterFaceDetector
+    from identitydp.io import read_image
+    from identitydp.models.landmarks68 import Landmarks68, crop_face_box
+
+    image = read_image(lfw_images[0]).pixels
+    det = CenterFaceDetector().detect(image)
+    crop = align_face(image, det.landmarks[0], size=128, margin=0.25).crop
+    lm68 = Landmarks68().predict(crop, crop_face_box(128, 0.25))
+    return crop, lm68

@@ -7,7 +7,6 @@ give a woman's gender coordinate; and the option flows through the CLI and the l
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -27,21 +26,13 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def lfw_crop(lfw_images):
+def lfw_crop(real_crop):
     """An aligned 128-px LFW crop and the registered renderer's repaint mask for it."""
-    from identitydp.align import align_face
-    from identitydp.detect import CenterFaceDetector
     from identitydp.generate.anonymizer import IdentityDPAnonymizer
     from identitydp.generate.inpaint_conditions import mask_for
-    from identitydp.io import read_image
-    from identitydp.models.landmarks68 import Landmarks68, crop_face_box
 
-    image = read_image(lfw_images[0]).pixels
-    det = CenterFaceDetector().detect(image)
-    crop = align_face(image, det.landmarks[0], size=128, margin=0.25).crop
-    lm68 = Landmarks68().predict(crop, crop_face_box(128, 0.25))
-    cfg = IdentityDPAnonymizer(epsilon=1.0, seed=0).v2_config
-    return crop, mask_for(cfg, lm68)
+    crop, lm68 = real_crop
+    return crop, mask_for(IdentityDPAnonymizer(epsilon=1.0, seed=0).v2_config, lm68)
 
 
 def test_the_network_never_sees_the_inner_face(model, lfw_crop):

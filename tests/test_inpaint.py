@@ -34,21 +34,6 @@ def v2_bundle(train_dir: Path, tmp_path_factory, bundle_builder) -> Path:
     return out.with_suffix(".npz")
 
 
-@pytest.fixture(scope="module")
-def real_crop(lfw_images):
-    """An aligned 128-px LFW crop at the training template and its 68 landmarks."""
-    from identitydp.align import align_face
-    from identitydp.detect import CenterFaceDetector
-    from identitydp.io import read_image
-    from identitydp.models.landmarks68 import Landmarks68, crop_face_box
-
-    image = read_image(lfw_images[0]).pixels
-    det = CenterFaceDetector().detect(image)
-    crop = align_face(image, det.landmarks[0], size=128, margin=0.25).crop
-    lm68 = Landmarks68().predict(crop, crop_face_box(128, 0.25))
-    return crop, lm68
-
-
 def test_flip_permutation_is_an_involution() -> None:
     assert sorted(FLIP68.tolist()) == list(range(68))
     assert np.array_equal(FLIP68[FLIP68], np.arange(68))
