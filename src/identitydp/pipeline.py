@@ -79,12 +79,10 @@ class ImageReport:
             "faces": [
                 {**det, "status": outcome.status, **({"error": outcome.error} if outcome.error else {}),
                  **({"exempt": outcome.exempt} if outcome.exempt else {}),
-                 # --keep: the values this face released without DP (also in the ledger)
-                 **({"released_without_dp": outcome.privacy["released_without_dp"]}
-                    if outcome.privacy and "released_without_dp" in outcome.privacy else {}),
+                 # --keep: the values this face released without DP (also in the ledger);
                  # --gender-from-context: the value read from the context (a function of the published pixels)
-                 **({"set_from_context": outcome.privacy["set_from_context"]}
-                    if outcome.privacy and "set_from_context" in outcome.privacy else {})}
+                 **{key: outcome.privacy[key] for key in ("released_without_dp", "set_from_context")
+                    if outcome.privacy and key in outcome.privacy}}
                 for det, outcome in zip(self.detections.to_json(), self.faces)
             ],
             "uncertain": [{**det, "status": "masked" if self.uncertain_masked else "left as is"}

@@ -262,29 +262,27 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self.keep = keep
         self.gender_from_context = bool(gender_from_context)
         self.context_gender = None
-        if self.gender_from_context:
-            from ..models.context_gender import ContextGender
+        if self.gender_from_context and self.keep:
+            raise PrivacyError("gender_from_context sets the gender from the context; it cannot be combined with keep")
+        # Both split the identity along attribute directions; the gender from the context is a kept
+        # value that the caller supplies instead of one read from the identity.
+        split = ("gender",) if self.gender_from_context else self.keep
+        if split:
             from ..privacy.keep import KeptAttributesMechanism
 
-            if self.keep:
-                raise PrivacyError("gender_from_context sets the gender from the context; it cannot be combined with keep")
+            option = "gender_from_context" if self.gender_from_context else "keep"
             if projection is not True and projection is not False:
-                raise PrivacyError("with gender_from_context, projection is True (the projection of the rest given the "
-                                   "gender) or False (the sphere); not a file")
-            self.mechanism = KeptAttributesMechanism(mechanism, epsilon=self.epsilon, delta=delta, rng=rng, keep=("gender",),
-                                                     projection=projection, kept_from="context")
-            self.projection = (f"attribute_directions, rest given the context's gender (k={self.mechanism.conditional.k})"
-                               if projection else None)
-            self.context_gender = ContextGender.load()
-        elif self.keep:
-            from ..privacy.keep import KeptAttributesMechanism
-
-            if projection is not True and projection is not False:
-                raise PrivacyError("with keep, projection is True (the projection of the rest given the kept values, "
+                raise PrivacyError(f"with {option}, projection is True (the projection of the rest given the kept values, "
                                    "fitted with the attribute directions) or False (the sphere); not a file")
-            self.mechanism = KeptAttributesMechanism(mechanism, epsilon=self.epsilon, delta=delta, rng=rng, keep=self.keep,
-                                                     projection=projection)
-            self.projection = f"attribute_directions, rest given kept (k={self.mechanism.conditional.k})" if projection else None
+            self.mechanism = KeptAttributesMechanism(mechanism, epsilon=self.epsilon, delta=delta, rng=rng, keep=split,
+                                                     projection=projection,
+                                                     kept_from="context" if self.gender_from_context else "identity")
+            given = "the context's gender" if self.gender_from_context else "kept"
+            self.projection = f"attribute_directions, rest given {given} (k={self.mechanism.conditional.k})" if projection else None
+            if self.gender_from_context:
+                from ..models.context_gender import ContextGender
+
+                self.context_gender = ContextGender.load()
         elif projection:
             proj_path = weight_path(PROJECTION_NAME) if projection is True else Path(projection)
             self.projection = proj_path.name

@@ -45,18 +45,31 @@ def _kept_attributes(text: str) -> list[str]:
     return kept_attributes(text)
 
 
-def _explain_kept(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
+def _split_mechanism(args: argparse.Namespace, *, option: str, given: str, keep, kept_from: str):
+    """The mechanism of ``anonymize --keep`` / ``--gender-from-context``: the identity split along
+    attribute directions, the rest noised in its own domain (so the domain options do not apply)."""
     from ..errors import PrivacyError
-    from .explain import explain_mechanism, kept_curve_text
     from .keep import KeptAttributesMechanism
 
     if args.projection or args.k is not None or args.radius is not None or args.dim != DEFAULT_DIM:
-        raise PrivacyError("--keep has its own domain (the rest of the identity given the kept values); drop "
+        raise PrivacyError(f"{option} has its own domain (the rest of the identity given {given}); drop "
                            "--projection / --k / --radius / --dim (--sphere picks the sphere of the rest)")
-    mech = KeptAttributesMechanism(args.mechanism, epsilon=args.epsilon, delta=args.delta, keep=args.keep,
-                                   projection=not args.sphere)
+    return KeptAttributesMechanism(args.mechanism, epsilon=args.epsilon, delta=args.delta, keep=keep,
+                                   projection=not args.sphere, kept_from=kept_from)
+
+
+def _write_explanation(mech, notes: list[str], protects: str) -> None:
+    from dataclasses import replace
+
+    from .explain import explain_mechanism
+
+    sys.stdout.write(replace(explain_mechanism(mech.inner, notes=tuple(notes)), protects=protects).text() + "\n")
+
+
+def _explain_kept(args: argparse.Namespace) -> int:
+    from .explain import kept_curve_text
+
+    mech = _split_mechanism(args, option="--keep", given="the kept values", keep=args.keep, kept_from="identity")
     names = ", ".join(mech.attributes.names)
     notes = [f"Released WITHOUT DP: each face's coordinate along the public {names} direction(s) of identity space "
              "(fitted on training faces), stored in the ledger with the release."]
@@ -69,27 +82,19 @@ def _explain_kept(args: argparse.Namespace) -> int:
     protects = (f"the rest of the identity vector, between any two faces with the same kept {names} (the probability of "
                 "any output changes by at most the factor below if this person's identity is replaced by that of anyone "
                 "with the same kept values; faces with different kept values are told apart by those values exactly).")
-    explanation = replace(explain_mechanism(mech.inner, notes=tuple(notes)), protects=protects)
-    sys.stdout.write(explanation.text() + "\n")
+    _write_explanation(mech, notes, protects)
     sys.stdout.write(kept_curve_text(mech.attributes.names, mechanism=args.mechanism, epsilon=args.epsilon,
                                      conditional=mech.conditional is not None, renderer=args.renderer) + "\n")
     return 0
 
 
 def _explain_context_gender(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from ..errors import PrivacyError
-    from .explain import explain_mechanism
-    from .keep import KeptAttributesMechanism
 
     if args.keep:
         raise PrivacyError("--gender-from-context sets the gender from the context; drop --keep (or it)")
-    if args.projection or args.k is not None or args.radius is not None or args.dim != DEFAULT_DIM:
-        raise PrivacyError("--gender-from-context has its own domain (the rest of the identity given the context's gender); "
-                           "drop --projection / --k / --radius / --dim (--sphere picks the sphere of the rest)")
-    mech = KeptAttributesMechanism(args.mechanism, epsilon=args.epsilon, delta=args.delta, keep=("gender",),
-                                   projection=not args.sphere, kept_from="context")
+    mech = _split_mechanism(args, option="--gender-from-context", given="the context's gender", keep=("gender",),
+                            kept_from="context")
     notes = ["Released WITHOUT DP: nothing of the face. The gender coordinate of the released identity is set from the "
              "context around the face (hair, ears, neck, clothes; the crop with the inner face painted out, read by "
              "identitydp.models.context_gender), a function of pixels the output shows unchanged; each face's value is in "
@@ -102,8 +107,7 @@ def _explain_context_gender(args: argparse.Namespace) -> int:
     protects = ("the identity vector, between any two faces in the same context (the probability of any output changes by "
                 "at most the factor below if this person's identity is replaced by anyone's, the pixels around the face "
                 "staying as they are).")
-    explanation = replace(explain_mechanism(mech.inner, notes=tuple(notes)), protects=protects)
-    sys.stdout.write(explanation.text() + "\n")
+    _write_explanation(mech, notes, protects)
     return 0
 
 
