@@ -29,11 +29,15 @@ import io
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from _onnx_export import index_head, mark_external
+
+if TYPE_CHECKING:  # the export extra; imported where it is used
+    import onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "src" / "identitydp" / "weights"

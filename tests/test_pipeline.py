@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io as _io
 import subprocess
 import sys
 from pathlib import Path
@@ -18,7 +17,7 @@ from identitydp.blend import paste_face
 from identitydp.cli import main as cli_main
 from identitydp.detect import CenterFaceDetector, Detections
 from identitydp.errors import ImageReadError, ImageWriteError
-from identitydp.io import collect_images, read_image, write_image
+from identitydp.io import collect_images, read_image
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "samples" / "group.jpg"
