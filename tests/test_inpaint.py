@@ -132,6 +132,22 @@ def v2_trained(v2_bundle: Path, tmp_path_factory):
     return trainer
 
 
+def test_noisy_rows_identity_weight(v2_bundle: Path, tmp_path) -> None:
+    # --w-id-noisy scales the identity loss of the noisy-identity rows only: with every row noisy,
+    # 0 leaves no identity loss at all, 1 the plain one.
+    from identitydp.training.inpaint import InpaintTrainer
+    from identitydp.training.options import InpaintTrainConfig
+
+    losses = {}
+    for w in (0.0, 1.0):
+        cfg = InpaintTrainConfig(bundle=str(v2_bundle), out=str(tmp_path / f"w{w}"), batch=2, eval_faces=4, net=SMALL,
+                                 judge="", p_self=0.0, p_pair=0.0, p_swap=0.0, p_noisy=1.0, w_id_noisy=w)
+        trainer = InpaintTrainer(cfg)
+        assert bool(trainer._batch()["noisy"].all())
+        losses[w] = float(trainer.train_step()["id"].detach())
+    assert losses[0.0] == 0.0 and losses[1.0] > 0.1
+
+
 def test_v2_training_steps_and_checkpoint_chain(v2_trained) -> None:
     import math
 

@@ -25,6 +25,7 @@ class InpaintTrainConfig:
     w_l1: float = 10.0
     w_perc: float = 4.0
     w_id: float = 5.0
+    w_id_noisy: float = 1.0
     l1_pool: int = 4
     amp: str = "auto"
     p_self: float = 0.45
@@ -92,6 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  "(default: the --resume / --init checkpoint's own network, else the defaults)")
     for name in ("adv", "l1", "perc", "id"):
         parser.add_argument(f"--w-{name}", type=float, default=getattr(d, f"w_{name}"), help=f"weight of the {name} loss")
+    parser.add_argument("--w-id-noisy", type=float, default=d.w_id_noisy,
+                        help="factor on the identity loss of the noisy-identity rows (a noised vector is off the face "
+                             "manifold: chasing it exactly rewards texture that fools the recognizer)")
     parser.add_argument("--l1-pool", type=int, default=d.l1_pool,
                         help="L1 between PxP average-pooled output and target (1: per pixel); the inner face is never "
                              "seen, so a per-pixel target pulls fine detail to the mean")
