@@ -120,7 +120,8 @@ def add_method_arguments(p) -> None:
                    help="identitydp with the v2 renderer: give the new face the gender that the hair, ears, neck and clothes "
                         "around it suggest (read by a small network that never sees the face), instead of a random one; "
                         "random draws that disagree with the context tend to render with blotchy skin. Stays ε-DP (the "
-                        "context is published unchanged anyway); not with --keep")
+                        "context is published unchanged anyway); for small ε (it helps up to ε 16 and lowers gender "
+                        "agreement from ε 64 on: privacy explain --gender-from-context); not with --keep")
     p.add_argument("--shape-modes", type=bounded_int(1, 64), metavar="K",
                    help="identitydp with the v2 renderer: how much face geometry the renderer gets, as the K leading modes "
                         "of a public shape model (default 2: head pose and face length; 4 adds jaw width and the mouth, "

@@ -102,12 +102,14 @@ def _explain_context_gender(args: argparse.Namespace) -> int:
     if mech.conditional is not None:
         notes.append(f"The identity is noised given that gender value: {mech.conditional.k} whitened coordinates of a "
                      "public Gaussian of training identities, clipped to the ball of the Domain line.")
-    notes.append("Measured (300 LFW people, ε = 1, docs/results/lfw300-gender-from-context): FaceRes gender agreement "
-                 "57.3 -> 78.3 %, MobileFace rank-1 1.0 % and acceptance 1.3 % (default 1.3 / 1.3 %, solid mask 0.3 / 0.0 %).")
     protects = ("the identity vector, between any two faces in the same context (the probability of any output changes by "
                 "at most the factor below if this person's identity is replaced by anyone's, the pixels around the face "
                 "staying as they are).")
     _write_explanation(mech, notes, protects)
+    from .explain import context_curve_text
+
+    sys.stdout.write(context_curve_text(mechanism=args.mechanism, epsilon=args.epsilon,
+                                        conditional=mech.conditional is not None, renderer=args.renderer) + "\n")
     return 0
 
 

@@ -306,6 +306,43 @@ def kept_curve_text(keep: tuple[str, ...], *, mechanism: str, epsilon: float, co
     return "\n".join(lines)
 
 
+def context_curve_text(*, mechanism: str, epsilon: float, conditional: bool, renderer: str = DEFAULT_CURVE,
+                       path=None) -> str:
+    """What ``identitydp eval`` measured for ``--gender-from-context`` with the shipped model: at every
+    measured ε, the setting next to the default at the same ε, and the solid mask (lines of text, or
+    why nothing). The curve file is the kept-attribute one (:data:`KEEP_CURVE_FILE`)."""
+    import json
+    from pathlib import Path
+
+    from ..models.registry import WEIGHTS_DIR
+
+    path = Path(path) if path is not None else WEIGHTS_DIR / KEEP_CURVE_FILE
+    how = (f"identitydp eval --methods 'identitydp:epsilon={epsilon:g};gender_from_context=true' "
+           f"'identitydp:epsilon={epsilon:g}' measures it")
+    if renderer != "v2" or mechanism != "laplace" or not conditional or not path.is_file():
+        return f"Measured: not for this renderer, mechanism and domain; {how}."
+    curve = json.loads(path.read_text())
+    context = {float(p["epsilon"]): p for p in curve["points"] if p["params"] == {"gender_from_context": True}}
+    plain = {float(p["epsilon"]): p for p in default_points(curve)}
+    if not context:
+        return f"Measured: nothing with --gender-from-context in {path.name}; {how}."
+    judge = CURVE_JUDGE
+    lines = [f"Measured for the shipped model, renderer v2 (not a guarantee: one model, one data set; {curve['source']}).",
+             f"Judge: {judge}; rank-1 among the run's probe people (chance {100 * (curve.get('chance_rank1') or 0):.2f} %), "
+             "accepted at the judge's FAR 0.1 % threshold; * = the ε asked for.",
+             f"  {'setting':<34} {'rank-1 re-identification':<28} {'accepted as the same person':<28}"]
+    for eps in sorted(context):
+        mark = "*" if eps == epsilon else " "
+        name = "inf" if eps == float("inf") else f"{eps:g}"
+        for label, point in ((f"gender from context, ε = {name}", context[eps]), (f"default, ε = {name}", plain.get(eps))):
+            j = point["judges"].get(judge, {}) if point else {}
+            lines.append(f"{mark} {label:<34} {_fmt_rate(j.get('rank1')):<28} {_fmt_rate(j.get('verify_accept')):<28}")
+    j = (curve.get("floor_mask") or {}).get(judge, {})
+    lines.append(f"  {'solid mask (the floor)':<34} {_fmt_rate(j.get('rank1')):<28} {_fmt_rate(j.get('verify_accept')):<28}")
+    lines.append("  What it buys (gender agreement per ε) and costs is in docs/privacy.md, \"Gender from the context\".")
+    return "\n".join(lines)
+
+
 def measured_curve_text(mechanism: str, *, epsilon: float, domain: Domain | None, path=None,
                         renderer: str = DEFAULT_CURVE) -> str:
     """What ``identitydp eval`` measured for the shipped model, as lines of text (or why nothing).
