@@ -16,12 +16,13 @@ Rebuild the committed files:
     python -m identitydp.eval.curve docs/results/lfw300-knob -o src/identitydp/weights/privacy_curve.json --default-params '{"projection": true}'
     python -m identitydp.eval.curve docs/results/lfw300-knob-v2-modes2 -o src/identitydp/weights/privacy_curve_v2.json --default-params '{"weights": "identitydp_renderer_v2"}' \\
         --source "identitydp eval on 300 LFW people (docs/results/lfw300-knob-v2-modes2): …; the v2 renderer identitydp_renderer_v2 (v2d, sha256 4074dcbc8229...) with its sketch on 2 shape modes (the default), Laplace in the public 16-d projection (the default)"
-    python -m identitydp.eval.curve docs/results/lfw300-knob-v2-modes2 -o src/identitydp/weights/privacy_curve_keep_v2.json \
-        --source "docs/results/lfw300-knob-v2-modes2 (300 LFW people, v2 renderer, 2 shape modes, ε = 1, 2026-12-06)" \
+    python -m identitydp.eval.curve docs/results/lfw300-context-knob -o src/identitydp/weights/privacy_curve_keep_v2.json \
+        --source "docs/results/lfw300-context-knob (300 LFW people, v2 renderer v2d, 2 shape modes; kept attributes at ε = 1 and the gender from the context at ε = 1, 4, 16, 64, ∞; 2026-12-06/07)" \
         --default-params '{"weights": "identitydp_renderer_v2"}'
 
-(the last one is what ``privacy explain --keep`` shows: each kept setting next to nothing kept,
-the default setting's point at the same ε.)
+(the last one is what ``privacy explain --keep`` and ``--gender-from-context`` show: each kept
+setting, and the gender from the context at every ε, next to the default setting's point at the
+same ε; the folder's other points, e.g. a candidate renderer's, are never selected.)
 """
 
 from __future__ import annotations
