@@ -132,18 +132,22 @@ def v2_trained(v2_bundle: Path, tmp_path_factory):
     return trainer
 
 
-def test_noisy_rows_identity_weight(v2_bundle: Path, tmp_path) -> None:
-    # --w-id-noisy scales the identity loss of the noisy-identity rows only: with every row noisy,
-    # 0 leaves no identity loss at all, 1 the plain one.
+@pytest.mark.parametrize("rows", ["noisy", "swap"])
+def test_identity_loss_weight_of_noisy_and_swap_rows(v2_bundle: Path, tmp_path, rows: str) -> None:
+    # --w-id-noisy / --w-id-swap scale the identity loss of those rows only: with every row of that
+    # kind, 0 leaves no identity loss at all, 1 the plain one; the other factor changes nothing.
     from identitydp.training.inpaint import InpaintTrainer
     from identitydp.training.options import InpaintTrainConfig
 
+    other = "swap" if rows == "noisy" else "noisy"
     losses = {}
     for w in (0.0, 1.0):
         cfg = InpaintTrainConfig(bundle=str(v2_bundle), out=str(tmp_path / f"w{w}"), batch=2, eval_faces=4, net=SMALL,
-                                 judge="", p_self=0.0, p_pair=0.0, p_swap=0.0, p_noisy=1.0, w_id_noisy=w)
+                                 judge="", p_self=0.0, p_pair=0.0, **{f"p_{rows}": 1.0, f"p_{other}": 0.0},
+                                 **{f"w_id_{rows}": w, f"w_id_{other}": 0.0})
         trainer = InpaintTrainer(cfg)
-        assert bool(trainer._batch()["noisy"].all())
+        batch = trainer._batch()
+        assert bool(batch[rows].all()) and not bool(batch[other].any())
         losses[w] = float(trainer.train_step()["id"].detach())
     assert losses[0.0] == 0.0 and losses[1.0] > 0.1
 

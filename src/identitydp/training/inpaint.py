@@ -22,8 +22,9 @@ Losses (weights in :class:`~identitydp.training.options.InpaintTrainConfig`):
   (a face-aware perceptual loss; self / pair);
 * ``id``: ``1 − cos`` between the centred dlib descriptor of a jittered, degraded copy of the
   output and the source identity (every sample; the noisy rows weighted by ``--w-id-noisy``, since
-  a noised vector need not be any face's and chasing it exactly rewards recognizer-fooling
-  texture); one recognizer pass serves ``perc`` and ``id``;
+  a noised vector need not be any face's, and the swap rows by ``--w-id-swap``, since another
+  face's identity can contradict the context it is painted into); one recognizer pass serves
+  ``perc`` and ``id``;
 * ``adv``: hinge loss of a two-scale PatchGAN that sees the composite and the mask.
 
 Only the dlib port is in the loss. MobileFace and FaceRes never see a training gradient, so both
@@ -307,7 +308,7 @@ class InpaintTrainer(TimedTrainer):
         cf = self.memory_format
         return {"x": x.contiguous(memory_format=cf), "mask": mask.contiguous(memory_format=cf),
                 "sketch": sketch.contiguous(memory_format=cf), "theta": theta, "z": z, "rec_w": rec_w,
-                "noisy": noisy}
+                "noisy": noisy, "swap": swap}
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict:
@@ -348,7 +349,7 @@ class InpaintTrainer(TimedTrainer):
             chip_y, chip_x = chips[:, :3], chips[:, 3:]
             raw_id, feats_y = self.dlib.forward_features(chip_y.contiguous(memory_format=self.memory_format))
             zid = centre(raw_id, self.id_mean)
-            id_w = torch.where(bt["noisy"], c.w_id_noisy, 1.0)
+            id_w = torch.where(bt["noisy"], c.w_id_noisy, torch.where(bt["swap"], c.w_id_swap, 1.0))
             idl = ((1 - (zid * z).sum(1)) * id_w).sum() / id_w.sum().clamp_min(1e-6)
             rec_rows = w > 0
             if bool(rec_rows.any()):

@@ -26,6 +26,7 @@ class InpaintTrainConfig:
     w_perc: float = 4.0
     w_id: float = 5.0
     w_id_noisy: float = 1.0
+    w_id_swap: float = 1.0
     l1_pool: int = 4
     amp: str = "auto"
     p_self: float = 0.45
@@ -96,6 +97,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--w-id-noisy", type=float, default=d.w_id_noisy,
                         help="factor on the identity loss of the noisy-identity rows (a noised vector is off the face "
                              "manifold: chasing it exactly rewards texture that fools the recognizer)")
+    parser.add_argument("--w-id-swap", type=float, default=d.w_id_swap,
+                        help="factor on the identity loss of the swap rows (another face's identity in this face's "
+                             "context: where they disagree, e.g. in gender, a full-strength loss forces stubble-like "
+                             "blotches into the repaint)")
     parser.add_argument("--l1-pool", type=int, default=d.l1_pool,
                         help="L1 between PxP average-pooled output and target (1: per pixel); the inner face is never "
                              "seen, so a per-pixel target pulls fine detail to the mean")
