@@ -8,6 +8,7 @@ e^ε times the prior odds (Kasiviswanathan & Smith 2014; Dwork & Roth 2014, §2.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from dataclasses import dataclass
 
 from ..errors import PrivacyError
@@ -271,39 +272,52 @@ def _fmt_rate(entry: dict | None) -> str:
 KEEP_CURVE_FILE = "privacy_curve_keep_v2.json"
 
 
-def kept_curve_text(keep: tuple[str, ...], *, mechanism: str, epsilon: float, conditional: bool,
-                    renderer: str = DEFAULT_CURVE, path=None) -> str:
-    """What ``identitydp eval`` measured for ``--keep`` with the shipped model: the kept setting next
-    to nothing kept at the same ε, and the solid mask (lines of text, or why nothing)."""
+def _split_curve_table(curve: dict, rows: list[tuple[str, dict | None]], *, width: int, footer: str,
+                       marked: str = "") -> str:
+    """The measured rows of an attribute-split setting (``--keep`` / ``--gender-from-context``) as
+    text: header, one ``(label, curve point or None)`` row per line (a label starting with ``*``
+    is the ε asked for), the solid mask's row, ``footer``."""
+    judge = CURVE_JUDGE
+    lines = [f"Measured for the shipped model, renderer v2 (not a guarantee: one model, one data set; {curve['source']}).",
+             f"Judge: {judge}; rank-1 among the run's probe people (chance {100 * (curve.get('chance_rank1') or 0):.2f} %), "
+             f"accepted at the judge's FAR 0.1 % threshold{marked}.",
+             f"  {'setting':<{width}} {'rank-1 re-identification':<28} {'accepted as the same person':<28}"]
+    floor = (curve.get("floor_mask") or {}).get(judge, {})
+    for label, point in [*rows, ("solid mask (the floor)", {"judges": {judge: floor}})]:
+        mark, label = ("*", label[1:]) if label.startswith("*") else (" ", label)
+        j = point["judges"].get(judge, {}) if point else {}
+        lines.append(f"{mark} {label:<{width}} {_fmt_rate(j.get('rank1')):<28} {_fmt_rate(j.get('verify_accept')):<28}")
+    lines.append(f"  {footer}")
+    return "\n".join(lines)
+
+
+def _keep_curve(path) -> tuple[dict | None, Path]:
+    """The committed kept-attribute curve (or ``path``), None when the file is missing."""
     import json
-    from pathlib import Path
 
     from ..models.registry import WEIGHTS_DIR
 
     path = Path(path) if path is not None else WEIGHTS_DIR / KEEP_CURVE_FILE
+    return (json.loads(path.read_text()) if path.is_file() else None), path
+
+
+def kept_curve_text(keep: tuple[str, ...], *, mechanism: str, epsilon: float, conditional: bool,
+                    renderer: str = DEFAULT_CURVE, path=None) -> str:
+    """What ``identitydp eval`` measured for ``--keep`` with the shipped model: the kept setting next
+    to nothing kept at the same ε, and the solid mask (lines of text, or why nothing)."""
+    curve, path = _keep_curve(path)
     how = (f"identitydp eval --methods 'identitydp:epsilon={epsilon:g};keep={'+'.join(keep)}' 'identitydp:epsilon={epsilon:g}' "
            "measures it")
-    if renderer != "v2" or mechanism != "laplace" or not conditional or not path.is_file():
+    if renderer != "v2" or mechanism != "laplace" or not conditional or curve is None:
         return f"Measured: not for this renderer, mechanism and domain (docs/privacy.md has v1's and the sphere's); {how}."
-    curve = json.loads(path.read_text())
     wanted = "+".join(keep)
     kept = [p for p in curve["points"] if p["params"] == {"keep": wanted} and float(p["epsilon"]) == epsilon]
     plain = [p for p in default_points(curve) if float(p["epsilon"]) == epsilon]
     if not kept:
         return f"Measured: not at ε = {epsilon:g} with --keep {','.join(keep)}; {how}."
-    judge = CURVE_JUDGE
-    lines = [f"Measured for the shipped model, renderer v2 (not a guarantee: one model, one data set; {curve['source']}).",
-             f"Judge: {judge}; rank-1 among the run's probe people (chance {100 * (curve.get('chance_rank1') or 0):.2f} %), "
-             "accepted at the judge's FAR 0.1 % threshold.",
-             f"  {'setting':<28} {'rank-1 re-identification':<28} {'accepted as the same person':<28}"]
-    for label, points in ((f"keep {','.join(keep)}, ε = {epsilon:g}", kept), (f"nothing kept, ε = {epsilon:g}", plain)):
-        for p in points:
-            j = p["judges"].get(judge, {})
-            lines.append(f"  {label:<28} {_fmt_rate(j.get('rank1')):<28} {_fmt_rate(j.get('verify_accept')):<28}")
-    j = (curve.get("floor_mask") or {}).get(judge, {})
-    lines.append(f"  {'solid mask (the floor)':<28} {_fmt_rate(j.get('rank1')):<28} {_fmt_rate(j.get('verify_accept')):<28}")
-    lines.append("  What keeping buys (gender agreement, age error) is in docs/privacy.md, \"Kept attributes\".")
-    return "\n".join(lines)
+    rows = [(f"keep {','.join(keep)}, ε = {epsilon:g}", p) for p in kept] + [(f"nothing kept, ε = {epsilon:g}", p) for p in plain]
+    return _split_curve_table(curve, rows, width=28,
+                              footer="What keeping buys (gender agreement, age error) is in docs/privacy.md, \"Kept attributes\".")
 
 
 def context_curve_text(*, mechanism: str, epsilon: float, conditional: bool, renderer: str = DEFAULT_CURVE,
@@ -311,36 +325,23 @@ def context_curve_text(*, mechanism: str, epsilon: float, conditional: bool, ren
     """What ``identitydp eval`` measured for ``--gender-from-context`` with the shipped model: at every
     measured ε, the setting next to the default at the same ε, and the solid mask (lines of text, or
     why nothing). The curve file is the kept-attribute one (:data:`KEEP_CURVE_FILE`)."""
-    import json
-    from pathlib import Path
-
-    from ..models.registry import WEIGHTS_DIR
-
-    path = Path(path) if path is not None else WEIGHTS_DIR / KEEP_CURVE_FILE
+    curve, path = _keep_curve(path)
     how = (f"identitydp eval --methods 'identitydp:epsilon={epsilon:g};gender_from_context=true' "
            f"'identitydp:epsilon={epsilon:g}' measures it")
-    if renderer != "v2" or mechanism != "laplace" or not conditional or not path.is_file():
+    if renderer != "v2" or mechanism != "laplace" or not conditional or curve is None:
         return f"Measured: not for this renderer, mechanism and domain; {how}."
-    curve = json.loads(path.read_text())
     context = {float(p["epsilon"]): p for p in curve["points"] if p["params"] == {"gender_from_context": True}}
     plain = {float(p["epsilon"]): p for p in default_points(curve)}
     if not context:
         return f"Measured: nothing with --gender-from-context in {path.name}; {how}."
-    judge = CURVE_JUDGE
-    lines = [f"Measured for the shipped model, renderer v2 (not a guarantee: one model, one data set; {curve['source']}).",
-             f"Judge: {judge}; rank-1 among the run's probe people (chance {100 * (curve.get('chance_rank1') or 0):.2f} %), "
-             "accepted at the judge's FAR 0.1 % threshold; * = the ε asked for.",
-             f"  {'setting':<34} {'rank-1 re-identification':<28} {'accepted as the same person':<28}"]
+    rows = []
     for eps in sorted(context):
-        mark = "*" if eps == epsilon else " "
+        mark = "*" if eps == epsilon else ""
         name = "inf" if eps == float("inf") else f"{eps:g}"
-        for label, point in ((f"gender from context, ε = {name}", context[eps]), (f"default, ε = {name}", plain.get(eps))):
-            j = point["judges"].get(judge, {}) if point else {}
-            lines.append(f"{mark} {label:<34} {_fmt_rate(j.get('rank1')):<28} {_fmt_rate(j.get('verify_accept')):<28}")
-    j = (curve.get("floor_mask") or {}).get(judge, {})
-    lines.append(f"  {'solid mask (the floor)':<34} {_fmt_rate(j.get('rank1')):<28} {_fmt_rate(j.get('verify_accept')):<28}")
-    lines.append("  What it buys (gender agreement per ε) and costs is in docs/privacy.md, \"Gender from the context\".")
-    return "\n".join(lines)
+        rows += [(f"{mark}gender from context, ε = {name}", context[eps]), (f"{mark}default, ε = {name}", plain.get(eps))]
+    return _split_curve_table(curve, rows, width=34, marked="; * = the ε asked for",
+                              footer="What it buys (gender agreement per ε) and costs is in docs/privacy.md, "
+                                     "\"Gender from the context\".")
 
 
 def measured_curve_text(mechanism: str, *, epsilon: float, domain: Domain | None, path=None,
@@ -353,7 +354,6 @@ def measured_curve_text(mechanism: str, *, epsilon: float, domain: Domain | None
     ``renderer`` picks the shipped curve (``path`` overrides it).
     """
     import json
-    from pathlib import Path
 
     from .domains import Projection
 
