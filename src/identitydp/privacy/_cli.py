@@ -90,6 +90,7 @@ def _explain_kept(args: argparse.Namespace) -> int:
 
 def _explain_context_gender(args: argparse.Namespace) -> int:
     from ..errors import PrivacyError
+    from .explain import context_curve_text
 
     if args.keep:
         raise PrivacyError("--gender-from-context sets the gender from the context; drop --keep (or it)")
@@ -106,8 +107,6 @@ def _explain_context_gender(args: argparse.Namespace) -> int:
                 "at most the factor below if this person's identity is replaced by anyone's, the pixels around the face "
                 "staying as they are).")
     _write_explanation(mech, notes, protects)
-    from .explain import context_curve_text
-
     sys.stdout.write(context_curve_text(mechanism=args.mechanism, epsilon=args.epsilon,
                                         conditional=mech.conditional is not None, renderer=args.renderer) + "\n")
     return 0
