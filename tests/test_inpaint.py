@@ -152,6 +152,34 @@ def test_identity_loss_weight_of_noisy_and_swap_rows(v2_bundle: Path, tmp_path, 
     assert losses[0.0] == 0.0 and losses[1.0] > 0.1
 
 
+def test_high_frequency_hinge_matches_the_eval_measure_and_trains(v2_bundle: Path, tmp_path) -> None:
+    # The --w-hf loss measures fine detail exactly as the sharpness ratio does (one is torch and
+    # differentiable, the other cv2), and only an excess over the photo costs anything.
+    from identitydp.training.inpaint import InpaintTrainer, high_frequency_energy, sharpness_ratio
+    from identitydp.training.options import InpaintTrainConfig
+
+    cfg = InpaintTrainConfig(bundle=str(v2_bundle), out=str(tmp_path / "hf"), batch=2, eval_faces=4, net=SMALL,
+                             judge="", w_hf=1.0)
+    trainer = InpaintTrainer(cfg)
+    batch = trainer._batch()
+    x, m = batch["x"], batch["mask"]
+    noisy = (x + 0.3 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    ours = high_frequency_energy(noisy, m) / high_frequency_energy(x, m)
+    for i in range(len(x)):
+        assert float(ours[i]) > 1.5
+        assert float(ours[i]) == pytest.approx(sharpness_ratio(noisy[i:i + 1], x[i:i + 1], m[i:i + 1]), rel=1e-4)
+    # Per cell, speckle in one place is not paid for by blur in another; as a whole, it is.
+    from identitydp.training.inpaint import excess_detail
+
+    half = x.clone()
+    half[..., : x.shape[-1] // 2] = noisy[..., : x.shape[-1] // 2]
+    half[..., x.shape[-1] // 2:] = torch.nn.functional.avg_pool2d(x, 5, 1, 2)[..., x.shape[-1] // 2:]
+    assert bool((excess_detail(x, x, m, 16) == 0).all())
+    assert bool((excess_detail(half, x, m, 16) > excess_detail(half, x, m, 0)).all())
+    losses = trainer.train_step()
+    assert float(losses["hf"].detach()) >= 0.0 and "hf" in trainer.LOSS_NAMES
+
+
 def test_v2_training_steps_and_checkpoint_chain(v2_trained) -> None:
     import math
 

@@ -25,7 +25,10 @@ Losses (weights in :class:`~identitydp.training.options.InpaintTrainConfig`):
   a noised vector need not be any face's, and the swap rows by ``--w-id-swap``, since another
   face's identity can contradict the context it is painted into); one recognizer pass serves
   ``perc`` and ``id``;
-* ``adv``: hinge loss of a two-scale PatchGAN that sees the composite and the mask.
+* ``adv``: hinge loss of a two-scale PatchGAN that sees the composite and the mask;
+* ``hf`` (``--w-hf``, off by default): a hinge on the repaint's high-frequency energy above the
+  photo's (the eval's sharpness measure), over the whole region or per ``--hf-cell`` cell, against
+  speckle that is not detail.
 
 Only the dlib port is in the loss. MobileFace and FaceRes never see a training gradient, so both
 stay independent judges for the evaluation (``identitydp eval``).
@@ -118,6 +121,52 @@ def sharpness_ratio(images: torch.Tensor, reference: torch.Tensor, mask: torch.T
     return energy(images) / ref if ref > 0 else float("nan")
 
 
+def high_frequency_map(images: torch.Tensor, sigma: float = SHARPNESS_SIGMA) -> torch.Tensor:
+    """Differentiable per-pixel high-frequency energy, as :func:`sharpness_ratio` measures it.
+
+    (g − GaussianBlur(g, σ))², ``g`` the grey image in 0–255 units; the blur is cv2's (kernel
+    2·round(4σ)+1, reflected border) so that ratios match the eval's.
+
+    Args:
+        images: (N, 3, S, S) in [-1, 1].
+    Returns:
+        (N, 1, S, S) in grey-level².
+    """
+    weights = torch.tensor([0.299, 0.587, 0.114], device=images.device, dtype=torch.float32)
+    grey = (images.float().clamp(-1, 1) * weights[None, :, None, None]).sum(1, keepdim=True) * 127.5
+    radius = int(round(4 * sigma))
+    t = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (t / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    blurred = F.pad(grey, (radius, radius, 0, 0), mode="reflect")
+    blurred = F.conv2d(blurred, kernel.view(1, 1, 1, -1))
+    blurred = F.pad(blurred, (0, 0, radius, radius), mode="reflect")
+    blurred = F.conv2d(blurred, kernel.view(1, 1, -1, 1))
+    return (grey - blurred) ** 2
+
+
+def high_frequency_energy(images: torch.Tensor, mask: torch.Tensor, sigma: float = SHARPNESS_SIGMA) -> torch.Tensor:
+    """(N,) mean high-frequency energy over the mask (grey-level² per masked pixel); ``images``
+    (N, 3, S, S) in [-1, 1], ``mask`` (N, 1, S, S) in [0, 1]."""
+    m = mask.float()
+    return (high_frequency_map(images, sigma) * m).sum((1, 2, 3)) / m.sum((1, 2, 3)).clamp_min(1e-6)
+
+
+def excess_detail(images: torch.Tensor, photos: torch.Tensor, mask: torch.Tensor, cell: int = 0) -> torch.Tensor:
+    """(N,) high-frequency energy of ``images`` above that of ``photos``, as a share of the photos'.
+
+    ``cell`` 0 compares the whole masked region at once (a global sharpness ratio above 1); a cell
+    of P pixels compares P×P cells and sums only the cells in excess, so that speckle in one place
+    is not paid for by blur in another. All (N, ·, S, S); images in [-1, 1], mask in [0, 1].
+    """
+    m = mask.float()
+    e_y, e_x = high_frequency_map(images) * m, high_frequency_map(photos) * m
+    total_x = e_x.sum((1, 2, 3)).clamp_min(1e-6)
+    if cell <= 0:
+        return F.relu(e_y.sum((1, 2, 3)) - e_x.sum((1, 2, 3))) / total_x
+    return F.relu(F.avg_pool2d(e_y, cell) - F.avg_pool2d(e_x, cell)).sum((1, 2, 3)) * cell * cell / total_x
+
+
 def count_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -170,7 +219,7 @@ def fit_shape_model(landmarks68: np.ndarray, size: int, k: int) -> tuple[np.ndar
 class InpaintTrainer(TimedTrainer):
     """One training run of the v2 renderer. Build with an :class:`InpaintTrainConfig`, then :meth:`run`."""
 
-    LOSS_NAMES = ("d", "adv", "l1", "perc", "id", "g")
+    LOSS_NAMES = ("d", "adv", "l1", "perc", "id", "hf", "g")
 
     def __init__(self, cfg: InpaintTrainConfig, start_time: float | None = None,
                  echo: Callable[[str], None] | None = None) -> None:
@@ -361,12 +410,18 @@ class InpaintTrainer(TimedTrainer):
             else:
                 perc = torch.zeros((), device=self.device)
             loss_g = c.w_adv * adv + c.w_l1 * l1 + c.w_perc * perc + c.w_id * idl
+            hf = torch.zeros((), device=self.device)
+            if c.w_hf > 0:
+                # Only an excess is penalised: a repaint may be as detailed as the photo it sits in,
+                # but speckle that out-textures the photo is not detail.
+                hf = excess_detail(y, x, m, c.hf_cell).mean()
+                loss_g = loss_g + c.w_hf * hf
         loss_g.backward()
         self.opt_g.step()
         self._update_ema()
         self.step += 1
         self.images_seen += x.shape[0]
-        return {"d": loss_d, "adv": adv, "l1": l1, "perc": perc, "id": idl, "g": loss_g}
+        return {"d": loss_d, "adv": adv, "l1": l1, "perc": perc, "id": idl, "hf": hf, "g": loss_g}
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -27,6 +27,8 @@ class InpaintTrainConfig:
     w_id: float = 5.0
     w_id_noisy: float = 1.0
     w_id_swap: float = 1.0
+    w_hf: float = 0.0
+    hf_cell: int = 16
     l1_pool: int = 4
     amp: str = "auto"
     p_self: float = 0.45
@@ -101,6 +103,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="factor on the identity loss of the swap rows (another face's identity in this face's "
                              "context: where they disagree, e.g. in gender, a full-strength loss forces stubble-like "
                              "blotches into the repaint)")
+    parser.add_argument("--w-hf", type=float, default=d.w_hf,
+                        help="weight of a hinge on excess fine detail: the repaint's high-frequency energy (the eval's "
+                             "sharpness measure) above the photo's, per face (0 = off; aimed at speckle that "
+                             "raises sharpness without being detail)")
+    parser.add_argument("--hf-cell", type=int, default=d.hf_cell,
+                        help="--w-hf compares P x P cells (0: the whole region at once, which a run here answered by "
+                             "blurring everything)")
     parser.add_argument("--l1-pool", type=int, default=d.l1_pool,
                         help="L1 between PxP average-pooled output and target (1: per pixel); the inner face is never "
                              "seen, so a per-pixel target pulls fine detail to the mean")
