@@ -368,15 +368,22 @@ def test_keep_records_what_was_released_without_dp(photo, tmp_path, private_ledg
 
 
 def test_privacy_presets_set_epsilon_and_the_default_domain(photo, tmp_path, private_ledger, capsys):
-    """--privacy medium is ε = 16 in the public projection (the default domain, recorded with its
-    checksum); --sphere records no projection; a preset with --epsilon, or for blur, is one line."""
+    """--privacy light is ε = 64 in the public projection (the default domain, recorded with its
+    checksum); --privacy medium is ε = 16 with the gender from the context (the default up to ε 16:
+    the rest of the identity in the conditional projection); --sphere records no projection; a
+    preset with --epsilon, or for blur, is one line."""
     from conftest import read_ledger
 
+    assert cli_main(["anonymize", str(photo), "-o", str(tmp_path / "l.jpg"), "--privacy", "light", "--seed", "1"]) == 0
     assert cli_main(["anonymize", str(photo), "-o", str(tmp_path / "m.jpg"), "--privacy", "medium", "--seed", "1"]) == 0
     assert cli_main(["anonymize", str(photo), "-o", str(tmp_path / "s.jpg"), "--sphere", "--seed", "1"]) == 0
-    medium, sphere = read_ledger(private_ledger)["release_log"]
-    assert medium["epsilon"] == 16.0 and "identity_projection_k16" in medium["config"]["weights"]
+    light, medium, sphere = read_ledger(private_ledger)["release_log"]
+    assert light["epsilon"] == 64.0 and "identity_projection_k16" in light["config"]["weights"]
+    assert "gender_from_context" not in light["config"]["params"]
+    assert medium["epsilon"] == 16.0 and medium["config"]["params"]["gender_from_context"] is True
+    assert {"attribute_directions", "context_gender"} <= set(medium["config"]["weights"])
     assert sphere["epsilon"] == 1.0 and "identity_projection_k16" not in sphere["config"]["weights"]
+    assert "gender_from_context" not in sphere["config"]["params"]  # measured in the default domain only
     capsys.readouterr()
     assert cli_main(["anonymize", str(photo), "--privacy", "medium", "--epsilon", "3"]) == 3
     assert "--privacy medium sets" in _one_line_error(capsys)

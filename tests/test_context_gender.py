@@ -212,6 +212,58 @@ def test_privacy_explain_states_the_guarantee_with_gender_from_context(capsys):
     assert len(rows) == len(context) and sum(line.startswith("*") for line in rows) == 1
     one = next(p for p in context if float(p["epsilon"]) == 1)
     assert _fmt_rate(one["judges"][CURVE_JUDGE]["rank1"]) in next(line for line in rows if line.startswith("*"))
-    assert "default, ε = 64" in out and "solid mask (the floor)" in out
+    assert "gender drawn, ε = 64" in out and "solid mask (the floor)" in out
     assert main(["privacy", "explain", "--epsilon", "1", "--gender-from-context", "--keep", "gender"]) == 3
     assert "drop --keep" in capsys.readouterr().err
+
+
+def test_the_default_sets_the_gender_from_the_context_up_to_epsilon_16(tmp_path, capsys):
+    """One rule for every front end (identitydp.jobs.with_product_defaults): on where it was measured
+    to help (v2, nothing kept, the default mechanism and domain, ε ≤ 16), off elsewhere, and an
+    explicit choice always wins; the CLI records the resolved value, and privacy explain explains
+    what anonymize does."""
+    import json
+    import math
+
+    from identitydp.cli import main
+    from identitydp.generate.anonymizer import RENDERERS
+    from identitydp.jobs import GENDER_FROM_CONTEXT_MAX_EPSILON, with_product_defaults
+
+    assert GENDER_FROM_CONTEXT_MAX_EPSILON == 16
+    v2 = {"weights": RENDERERS["v2"]}
+    on = [{"epsilon": 1.0}, {"epsilon": 16.0, **v2}, {"epsilon": 4.0, "mechanism": "laplace", **v2}]
+    off = [{"epsilon": 64.0}, {"epsilon": math.inf}, {"epsilon": 1.0, "keep": ["gender"]},
+           {"epsilon": 1.0, "weights": RENDERERS["v1"]}, {"epsilon": 1.0, "mechanism": "gaussian", "delta": 1e-6},
+           {"epsilon": 1.0, "projection": False}]
+    for params in on:
+        assert with_product_defaults("identitydp", params)["gender_from_context"] is True, params
+    for params in off:
+        assert "gender_from_context" not in with_product_defaults("identitydp", params), params
+    assert with_product_defaults("identitydp", {"epsilon": 1.0, "gender_from_context": False})["gender_from_context"] is False
+    assert with_product_defaults("identitydp", {"epsilon": 64.0, "gender_from_context": True})["gender_from_context"] is True
+    assert with_product_defaults("dp-pix", {"epsilon": 1.0}) == {"epsilon": 1.0}
+
+    # The CLI: the default at ε = 1 sets it (each face's record says so), --no-gender-from-context
+    # draws it, and ε = 64 draws it by default.
+    def run(*extra: str) -> dict:
+        report = tmp_path / "report.json"
+        assert main(["anonymize", SAMPLE, "-o", str(tmp_path / "out.jpg"), "--quiet", "--seed", "1", "--overwrite",
+                     "--ledger", str(tmp_path / "ledger.sqlite"), "--report", str(report), *extra]) == 0
+        return json.loads(report.read_text())
+
+    def from_context(report: dict) -> int:
+        return json.dumps(report).count('"set_from_context"')
+
+    assert from_context(run()) >= 4
+    assert from_context(run("--no-gender-from-context")) == 0
+    assert from_context(run("--epsilon", "64")) == 0
+    assert main(["anonymize", SAMPLE, "-o", str(tmp_path / "x.jpg"), "--no-gender-from-context", "--method", "blur"]) == 3
+    assert "gender-from-context" in capsys.readouterr().err
+
+    # privacy explain without the flag explains what anonymize does at that ε.
+    assert main(["privacy", "explain", "--epsilon", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "any two faces in the same context" in out and "does by default at ε ≤ 16" in out
+    for extra in (["--epsilon", "64"], ["--epsilon", "1", "--no-gender-from-context"], ["--epsilon", "1", "--sphere"]):
+        assert main(["privacy", "explain", *extra]) == 0
+        assert "same context" not in capsys.readouterr().out, extra

@@ -595,7 +595,9 @@ def test_explain_numbers():
 def test_cli_explain(capsys, projection, tmp_path):
     from identitydp.cli import main
 
-    assert main(["privacy", "explain", "--mechanism", "laplace", "--epsilon", "1"]) == 0
+    # --no-gender-from-context: the gender drawn with the rest (the default sets it from the context
+    # up to ε 16: tests/test_context_gender.py)
+    assert main(["privacy", "explain", "--mechanism", "laplace", "--epsilon", "1", "--no-gender-from-context"]) == 0
     out = capsys.readouterr().out
     # the default domain is the registered projection: L1 sensitivity 2·R·√16 with R = 4.690
     assert "k=16" in out and "37.52" in out and "2.67%" in out
@@ -609,7 +611,7 @@ def test_cli_explain(capsys, projection, tmp_path):
     from identitydp.privacy.explain import DEFAULT_CURVE
 
     assert DEFAULT_CURVE == DEFAULT_RENDERER
-    assert main(["privacy", "explain", "--epsilon", "16", "--renderer", "v2"]) == 0
+    assert main(["privacy", "explain", "--epsilon", "16", "--renderer", "v2", "--no-gender-from-context"]) == 0
     measured = capsys.readouterr().out.split("Measured for the shipped model")[1]
     assert "renderer v2" in measured and "identitydp_renderer_v2" in measured and "<- this ε" in measured
     assert main(["privacy", "explain", "--epsilon", "1", "--sphere"]) == 0

@@ -81,6 +81,8 @@ def test_api_limits_errors_and_no_user_paths(server, tmp_path):
         for curve in meaning["identitydp"].values():
             assert {"1", "inf"} <= set(curve) and curve["1"] < curve["inf"]
         assert meaning["reference"]["solid mask"] < meaning["identitydp"]["v1"]["inf"] < meaning["reference"]["no anonymization"]
+        # v2 with the gender from the context (the default up to ε 16) has its own measured points
+        assert meaning["context_max_epsilon"] == 16 and {"1", "4", "16"} <= set(meaning["context"])
         big = b"\xff\xd8" + os.urandom(6 * 2**20)
         r = c.post("/api/anonymize", files={"file": ("big.jpg", big)}, data={"method": "blur"})
         assert r.status_code == 413 and "limit" in r.json()["error"]
@@ -103,18 +105,23 @@ def test_api_limits_errors_and_no_user_paths(server, tmp_path):
         r = c.post("/api/anonymize", files={"file": ("x.jpg", SAMPLE.read_bytes())}, data={"method": "identitydp", "renderer": "v3"})
         assert r.status_code == 400 and "unknown renderer" in r.json()["error"]
         task = c.post("/api/anonymize", files={"file": ("x.jpg", SAMPLE.read_bytes())},
-                      data={"method": "identitydp", "renderer": "v2"}).json()["task"]
+                      data={"method": "identitydp", "renderer": "v2", "gender_from_context": "off"}).json()["task"]
         t = _finished(c, task, tries=600)
         assert t["status"] == "done" and t["renderer"] == "v2-inpainting", t
         assert [f["status"] for f in t["faces"]] == ["anonymized"] * 5 and t["releases"] == 5
+        assert not any(f.get("set_from_context") for f in t["faces"]), t["faces"]  # "off": drawn with the rest
         # --keep from the form: each face says what it released without DP.
         r = c.post("/api/anonymize", files={"file": ("x.jpg", SAMPLE.read_bytes())}, data={"method": "identitydp", "keep": "height"})
         assert r.status_code == 400 and "keep" in r.json()["error"]
         r = c.post("/api/anonymize", files={"file": ("x.jpg", SAMPLE.read_bytes())},
                    data={"method": "identitydp", "keep": "gender", "gender_from_context": "true"})
         assert r.status_code == 400 and "choose one" in r.json()["error"]
+        r = c.post("/api/anonymize", files={"file": ("x.jpg", SAMPLE.read_bytes())},
+                   data={"method": "identitydp", "gender_from_context": "maybe"})
+        assert r.status_code == 400 and "auto, on or off" in r.json()["error"]
+        # The default ("auto", the page's first choice) sets the gender from the context at ε = 1.
         task = c.post("/api/anonymize", files={"file": ("x.jpg", SAMPLE.read_bytes())},
-                      data={"method": "identitydp", "gender_from_context": "true"}).json()["task"]
+                      data={"method": "identitydp", "gender_from_context": "auto"}).json()["task"]
         t = _finished(c, task, tries=600)
         assert t["status"] == "done" and all(set(f["set_from_context"]) == {"gender"} and not f["released_without_dp"]
                                              for f in t["faces"]), t["faces"]
@@ -192,6 +199,11 @@ def test_browser_upload_change_epsilon_anonymize_download(server, tmp_path, lfw_
         page.set_input_files("#file", str(SAMPLE))
         page.locator("#epsilon").fill("1")  # the second stop: ε = 4
         assert "ε = 4" in page.inner_text("#meaning")
+        # ε 4 with the automatic gender rule: the figure shown is the one measured with it
+        assert "the gender from the hair and clothes" in page.inner_text("#meaning")
+        page.select_option("#gender-context", "off")
+        assert "hair and clothes" not in page.inner_text("#meaning")
+        page.select_option("#gender-context", "auto")
         page.screenshot(path=str(shots / "upload.png"))
         page.click("#go")
         page.wait_for_selector("#result-card", state="visible", timeout=240_000)

@@ -195,7 +195,9 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             painted out, :mod:`identitydp.models.context_gender`) instead of drawing it with the
             rest, so that the new face agrees with the hair and clothes it is pasted into. A
             function of pixels the output shows unchanged: the release stays ε-DP between any
-            two identities (unlike ``keep=("gender",)``). Not with ``keep``.
+            two identities (unlike ``keep=("gender",)``). Not with ``keep``. Off here by default;
+            the front ends (CLI, web, batch) turn it on up to ε = 16 through
+            :func:`identitydp.jobs.with_product_defaults`, and record it.
         shape_modes: v2: how many leading modes of the public shape model (fitted on training
             faces, part of the weights) the landmark sketch is projected onto; the face's own
             geometry beyond them is not given to the renderer. None (default):

@@ -13,7 +13,7 @@ the anonymized image publishes unchanged, and using it adds nothing about the fa
 output already shows: the identity release stays ε-DP between *any* two faces with the same
 context (unlike ``--keep gender``, which releases the face's own gender coordinate).
 
-The network: four 3×3 stride-2 convolutions (4 → 16 → 32 → 64 → 64 channels, LeakyReLU 0.2) on a
+The network: four 3×3 stride-2 convolutions (4 → 32 → 64 → 128 → 128 channels, LeakyReLU 0.2) on a
 64×64 input, global average pooling, one linear unit: the logit of "female". Inference is plain
 NumPy (no torch on the photo path). Trained by ``scripts/train_context_gender.py`` on the
 training bundle (never LFW), registered as ``context_gender``.
@@ -21,6 +21,7 @@ training bundle (never LFW), registered as ``context_gender``.
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -62,6 +63,13 @@ def context_input(crops: np.ndarray, masks: np.ndarray) -> np.ndarray:
     x = np.concatenate([x, masks[..., None]], axis=-1)
     x = x.reshape(len(x), INPUT_SIZE, f, INPUT_SIZE, f, 4).mean(axis=(2, 4))
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2), np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 def _conv_s2(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
@@ -122,11 +130,15 @@ class ContextGender:
     def logits(self, inputs: np.ndarray) -> np.ndarray:
         """(N, 4, 64, 64) from :func:`context_input` → (N,) float32 logits of "female"."""
         x = np.asarray(inputs, np.float32)
-        for i in range(len(LAYERS)):
-            x = _conv_s2(x, self.params[f"conv{i}.weight"], self.params[f"conv{i}.bias"])
-            x = np.where(x > 0, x, LEAK * x)
-        pooled = x.mean(axis=(2, 3))
-        return (pooled @ self.params["fc.weight"].T + self.params["fc.bias"])[:, 0]
+        # One BLAS thread: the products are small, and OpenBLAS's extra threads keep spinning after
+        # them, which slowed the renderer's ONNX Runtime pool that runs next by ~40 % on 2 cores
+        # (14 ms per face in all, measured on benchmarks/speed.py's photos; 1 ms with one thread).
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            for i in range(len(LAYERS)):
+                x = _conv_s2(x, self.params[f"conv{i}.weight"], self.params[f"conv{i}.bias"])
+                x = np.where(x > 0, x, LEAK * x)
+            pooled = x.mean(axis=(2, 3))
+            return (pooled @ self.params["fc.weight"].T + self.params["fc.bias"])[:, 0]
 
     def p_female(self, crops: np.ndarray, masks: np.ndarray) -> np.ndarray:
         """(N, S, S, 3) uint8 crops and (N, S, S) repaint masks → (N,) probability of "female"."""

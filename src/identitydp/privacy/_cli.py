@@ -31,9 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ex.add_argument("--keep", type=_kept_attributes, metavar="ATTRS",
                     help="explain anonymize --keep ATTRS (gender, age or gender,age): what is released without DP, the "
                          "domain of the rest, and the measured cost")
-    ex.add_argument("--gender-from-context", action="store_true",
+    ex.add_argument("--gender-from-context", action=argparse.BooleanOptionalAction, default=None,
                     help="explain anonymize --gender-from-context: the gender coordinate set from the context around the "
-                         "face, nothing of the face released without DP")
+                         "face, nothing of the face released without DP. Default: as anonymize does, on up to ε 16 "
+                         "with the default mechanism and domain and nothing kept; --no-gender-from-context explains the "
+                         "gender drawn with the rest of the identity")
     ex.add_argument("--renderer", choices=("v1", "v2"), default="v2",
                     help="whose measured re-identification curve to show (as anonymize --renderer; default v2, the default renderer)")
     ex.set_defaults(func=_explain)
@@ -88,8 +90,18 @@ def _explain_kept(args: argparse.Namespace) -> int:
     return 0
 
 
-def _explain_context_gender(args: argparse.Namespace) -> int:
+def _context_gender_by_default(args: argparse.Namespace) -> bool:
+    """Whether ``anonymize`` with these options would set the gender from the context by default."""
+    from ..jobs.config import gender_from_context_by_default
+
+    own_domain = args.sphere or args.projection or args.k is not None or args.radius is not None or args.dim != DEFAULT_DIM
+    return (args.renderer == "v2" and not own_domain
+            and gender_from_context_by_default({"epsilon": args.epsilon, "mechanism": args.mechanism, "keep": args.keep}))
+
+
+def _explain_context_gender(args: argparse.Namespace, *, by_default: bool = False) -> int:
     from ..errors import PrivacyError
+    from ..jobs.config import GENDER_FROM_CONTEXT_MAX_EPSILON
     from .explain import context_curve_text
 
     if args.keep:
@@ -103,6 +115,10 @@ def _explain_context_gender(args: argparse.Namespace) -> int:
     if mech.conditional is not None:
         notes.append(f"The identity is noised given that gender value: {mech.conditional.k} whitened coordinates of a "
                      "public Gaussian of training identities, clipped to the ball of the Domain line.")
+    if by_default:
+        notes.append(f"This is what `identitydp anonymize` does by default at ε ≤ {GENDER_FROM_CONTEXT_MAX_EPSILON:g} "
+                     "(--no-gender-from-context draws the gender with the rest of the identity; privacy explain "
+                     "--no-gender-from-context explains that).")
     protects = ("the identity vector, between any two faces in the same context (the probability of any output changes by "
                 "at most the factor below if this person's identity is replaced by anyone's, the pixels around the face "
                 "staying as they are).")
@@ -119,6 +135,8 @@ def _explain(args: argparse.Namespace) -> int:
 
     if args.gender_from_context:
         return _explain_context_gender(args)
+    if args.gender_from_context is None and _context_gender_by_default(args):
+        return _explain_context_gender(args, by_default=True)
     if args.keep:
         return _explain_kept(args)
     notes: list[str] = []

@@ -250,10 +250,12 @@ def default_points(curve: dict) -> list[dict]:
     return [p for p in curve.get("points", []) if p.get("params", {}) == default]
 
 
-def rank1_by_epsilon(curve: dict, judge: str = CURVE_JUDGE) -> dict[str, float]:
-    """``{"1": 0.0167, …, "inf": 0.33}``: the judge's rank-1 rate at each measured ε of the default setting."""
+def rank1_by_epsilon(curve: dict, judge: str = CURVE_JUDGE, params: dict | None = None) -> dict[str, float]:
+    """``{"1": 0.0167, …, "inf": 0.33}``: the judge's rank-1 rate at each measured ε of the default
+    setting (or of the points with exactly these ``params``, e.g. ``{"gender_from_context": True}``)."""
     out: dict[str, float] = {}
-    for p in default_points(curve):
+    points = default_points(curve) if params is None else [p for p in curve.get("points", []) if p.get("params") == params]
+    for p in points:
         rank1 = p["judges"].get(judge, {}).get("rank1")
         if rank1 is not None:
             out["inf" if p["epsilon"] == "inf" else f"{float(p['epsilon']):g}"] = rank1["value"]
@@ -301,6 +303,12 @@ def _keep_curve(path) -> tuple[dict | None, Path]:
     return (json.loads(path.read_text()) if path.is_file() else None), path
 
 
+def load_keep_curve() -> dict | None:
+    """The committed curve of the attribute-split settings (``--keep``, ``--gender-from-context``:
+    :data:`KEEP_CURVE_FILE`), or None when it is not shipped."""
+    return _keep_curve(None)[0]
+
+
 def kept_curve_text(keep: tuple[str, ...], *, mechanism: str, epsilon: float, conditional: bool,
                     renderer: str = DEFAULT_CURVE, path=None) -> str:
     """What ``identitydp eval`` measured for ``--keep`` with the shipped model: the kept setting next
@@ -323,8 +331,8 @@ def kept_curve_text(keep: tuple[str, ...], *, mechanism: str, epsilon: float, co
 def context_curve_text(*, mechanism: str, epsilon: float, conditional: bool, renderer: str = DEFAULT_CURVE,
                        path=None) -> str:
     """What ``identitydp eval`` measured for ``--gender-from-context`` with the shipped model: at every
-    measured ε, the setting next to the default at the same ε, and the solid mask (lines of text, or
-    why nothing). The curve file is the kept-attribute one (:data:`KEEP_CURVE_FILE`)."""
+    measured ε, the setting next to the gender drawn with the rest at the same ε, and the solid mask
+    (lines of text, or why nothing). The curve file is the kept-attribute one (:data:`KEEP_CURVE_FILE`)."""
     curve, path = _keep_curve(path)
     how = (f"identitydp eval --methods 'identitydp:epsilon={epsilon:g};gender_from_context=true' "
            f"'identitydp:epsilon={epsilon:g}' measures it")
@@ -338,7 +346,7 @@ def context_curve_text(*, mechanism: str, epsilon: float, conditional: bool, ren
     for eps in sorted(context):
         mark = "*" if eps == epsilon else ""
         name = "inf" if eps == float("inf") else f"{eps:g}"
-        rows += [(f"{mark}gender from context, ε = {name}", context[eps]), (f"{mark}default, ε = {name}", plain.get(eps))]
+        rows += [(f"{mark}gender from context, ε = {name}", context[eps]), (f"{mark}gender drawn, ε = {name}", plain.get(eps))]
     return _split_curve_table(curve, rows, width=34, marked="; * = the ε asked for",
                               footer="What it buys (gender agreement per ε) and costs is in docs/privacy.md, "
                                      "\"Gender from the context\".")

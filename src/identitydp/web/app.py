@@ -33,16 +33,22 @@ VIDEO_SUFFIXES = {".mp4", ".mov", ".mkv", ".webm", ".avi"}
 def epsilon_meaning() -> dict:
     """What ε means, measured, for the page: MobileFace (an independent recognizer, in no
     renderer's training loss) rank-1 re-identification per ε of the default setting, per renderer,
+    and of v2 with the gender from the context (``context``; the default up to ``context_max_epsilon``),
     from the committed curves that ``identitydp privacy explain`` prints too; with the references
     (original photo, solid mask, chance) of the default renderer's run."""
     from ..generate.anonymizer import DEFAULT_RENDERER
-    from ..privacy.explain import CURVE_FILES, CURVE_JUDGE, load_curve, rank1_by_epsilon
+    from ..jobs.config import GENDER_FROM_CONTEXT_MAX_EPSILON
+    from ..privacy.explain import CURVE_FILES, CURVE_JUDGE, load_curve, load_keep_curve, rank1_by_epsilon
 
     curves = {name: load_curve(name) for name in CURVE_FILES}
     per_renderer = {name: rank1_by_epsilon(c) for name, c in curves.items() if c is not None}
+    # The gender from the context (the default up to ε 16 with v2) has its own measured points.
+    kept_curve = load_keep_curve()
+    context = rank1_by_epsilon(kept_curve, params={"gender_from_context": True}) if kept_curve else {}
     base = curves.get(DEFAULT_RENDERER) or next((c for c in curves.values() if c is not None), None)
     if base is None:
-        return {"people": 0, "identitydp": {}, "reference": {}, "source": {}}
+        return {"people": 0, "identitydp": {}, "reference": {}, "source": {}, "context": {},
+                "context_max_epsilon": GENDER_FROM_CONTEXT_MAX_EPSILON}
     people = (base.get("protocol") or {}).get("people", 0)
 
     def rank1(key: str) -> float | None:
@@ -52,6 +58,8 @@ def epsilon_meaning() -> dict:
     return {
         "people": people,
         "identitydp": per_renderer,
+        "context": context,
+        "context_max_epsilon": GENDER_FROM_CONTEXT_MAX_EPSILON,
         "source": {name: c["source"] for name, c in curves.items() if c is not None},
         "reference": {"no anonymization": rank1("originals"), "solid mask": rank1("floor_mask"),
                       "chance": base.get("chance_rank1")},
@@ -472,7 +480,8 @@ def _params(method: str, epsilon: str, mechanism: str, renderer: str = "", keep:
             gender_from_context: str = "") -> dict:
     """The anonymizer's keyword arguments from the form's fields (``mechanism``, ``renderer``,
     ``keep`` and ``gender_from_context`` are read for identitydp only, like the CLI's; empty fields
-    take the defaults)."""
+    take the defaults: ``gender_from_context`` empty or ``auto`` is the product default of
+    :func:`identitydp.jobs.with_product_defaults`, ``on`` / ``off`` force it)."""
     from .._cli_anonymize import DEFAULT_IDENTITYDP_EPSILON, METHOD_CHOICES
 
     if method not in METHOD_CHOICES:
@@ -501,10 +510,17 @@ def _params(method: str, epsilon: str, mechanism: str, renderer: str = "", keep:
                 params["keep"] = kept_attributes(keep)
             except argparse.ArgumentTypeError as exc:
                 raise WebError(f"keep: {exc}") from None
-        if gender_from_context.strip().lower() in ("true", "1", "on"):
+        choice = gender_from_context.strip().lower()
+        if choice in ("true", "1", "on"):
             if renderer == "v1":
                 raise WebError("gender from the context is for the v2 renderer; v1 reads the whole face")
             if params.get("keep"):
                 raise WebError("gender from the context replaces keeping the gender: choose one")
             params["gender_from_context"] = True
-    return params
+        elif choice in ("false", "0", "off"):
+            params["gender_from_context"] = False
+        elif choice not in ("", "auto"):
+            raise WebError(f"gender_from_context is auto, on or off, got {gender_from_context!r}")
+    from ..jobs import with_product_defaults
+
+    return with_product_defaults(method, params)
