@@ -180,6 +180,30 @@ def test_high_frequency_hinge_matches_the_eval_measure_and_trains(v2_bundle: Pat
     assert float(losses["hf"].detach()) >= 0.0 and "hf" in trainer.LOSS_NAMES
 
 
+def test_gender_consistent_batches(v2_bundle: Path, tmp_path) -> None:
+    # --gender-consistent: swap partners on the face's side of the gender midpoint, noisy
+    # identities with the face's own gender coordinate (what the default release renders).
+    from identitydp.training.inpaint import InpaintTrainer
+    from identitydp.training.options import InpaintTrainConfig
+
+    cfg = InpaintTrainConfig(bundle=str(v2_bundle), out=str(tmp_path / "gc"), batch=16, eval_faces=4, net=SMALL,
+                             judge="", gender_consistent=True, p_self=0.0, p_pair=0.0, p_swap=0.5, p_noisy=0.5)
+    trainer = InpaintTrainer(cfg)
+    side, coord, u = trainer.gender_side, trainer.gender_coord, trainer.gender_dir
+    assert 0 < float(side[trainer.train_idx].float().mean()) < 1  # both genders in the bundle
+    same, swaps = 0, 0
+    for _ in range(4):
+        batch = trainer._batch()
+        idx, other, swap, noisy = batch["idx"], batch["other"], batch["swap"], batch["noisy"]
+        assert torch.allclose(batch["z"].norm(dim=1), torch.ones(16), atol=1e-5)
+        same += int((side[other[swap]] == side[idx[swap]]).sum())
+        swaps += int(swap.sum())
+        # a noisy row keeps the face's gender coordinate (its sign survives the renormalisation)
+        assert bool(((batch["z"][noisy] @ u).sign() == coord[idx[noisy]].sign()).all())
+    assert swaps > 0 and same / swaps > 0.9
+    assert float(trainer.train_step()["id"].detach()) > 0
+
+
 def test_v2_training_steps_and_checkpoint_chain(v2_trained) -> None:
     import math
 

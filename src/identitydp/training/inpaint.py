@@ -256,6 +256,20 @@ class InpaintTrainer(TimedTrainer):
 
         # The shipped default domain (public, fitted on training embeddings): noisy identities
         # are also drawn as its mechanism releases them, so the renderer sees what it will get.
+        # --gender-consistent: each face's coordinate along the public gender direction (the one
+        # --keep gender and the context network use), and its side of the men/women midpoint.
+        self.gender_dir = self.gender_coord = self.gender_side = None
+        if cfg.gender_consistent:
+            from ..models.context_gender import ContextGender
+            from ..privacy.keep import AttributeDirections
+
+            direction = AttributeDirections.load().select(("gender",)).directions[0]
+            self.gender_dir = torch.from_numpy(direction).float().to(self.device)
+            self.gender_coord = self.z @ self.gender_dir
+            means = ContextGender.load()
+            self.gender_side = self.gender_coord > 0.5 * (means.male_mean + means.female_mean)
+            self.event("gender_consistent", women_share=round(float(self.gender_side[self.train_idx].float().mean()), 3))
+
         self.projection = None
         if cfg.noisy_projection > 0 and cfg.p_noisy > 0:
             from ..generate.anonymizer import PROJECTION_NAME
@@ -344,12 +358,23 @@ class InpaintTrainer(TimedTrainer):
         pair = pair_req & (partner != idx)
         selfm = selfm | (pair_req & ~pair)  # no second photo of this person: reconstruct itself
         other = self.train_idx[torch.randint(len(self.train_idx), (b,), device=dev, generator=self.gen)]
+        if self.gender_side is not None:
+            # The first of 8 random partners on the face's side of the gender midpoint (the first
+            # one when none is: about 0.5^8 of rows).
+            pool = self.train_idx[torch.randint(len(self.train_idx), (b, 8), device=dev, generator=self.gen)]
+            same = self.gender_side[pool] == self.gender_side[idx][:, None]
+            other = pool[torch.arange(b, device=dev), same.int().argmax(1)]
         z_self = self.z[idx]
         z_noisy, _ = laplace_sphere_noise(z_self, self.gen)
         if self.projection is not None:
             z_proj, _ = laplace_projection_noise(z_self, self.projection, self.gen)
             as_proj = torch.rand(b, device=dev, generator=self.gen) < c.noisy_projection
             z_noisy = torch.where(as_proj[:, None], z_proj, z_noisy)
+        if self.gender_dir is not None:
+            # As the default release does with the context's value: the noisy identity's gender
+            # coordinate set to the face's own.
+            u = self.gender_dir
+            z_noisy = F.normalize(z_noisy + (self.gender_coord[idx] - z_noisy @ u)[:, None] * u, dim=1)
         z = torch.where(swap[:, None], self.z[other], z_self)
         z = torch.where(pair[:, None], self.z[partner], z)
         z = torch.where(noisy[:, None], z_noisy, z)
@@ -357,7 +382,7 @@ class InpaintTrainer(TimedTrainer):
         cf = self.memory_format
         return {"x": x.contiguous(memory_format=cf), "mask": mask.contiguous(memory_format=cf),
                 "sketch": sketch.contiguous(memory_format=cf), "theta": theta, "z": z, "rec_w": rec_w,
-                "noisy": noisy, "swap": swap}
+                "noisy": noisy, "swap": swap, "idx": idx, "other": other}
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict:

@@ -29,6 +29,7 @@ class InpaintTrainConfig:
     w_id_swap: float = 1.0
     w_hf: float = 0.0
     hf_cell: int = 16
+    gender_consistent: bool = False
     l1_pool: int = 4
     amp: str = "auto"
     p_self: float = 0.45
@@ -110,6 +111,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hf-cell", type=int, default=d.hf_cell,
                         help="--w-hf compares P x P cells (0: the whole region at once, which a run here answered by "
                              "blurring everything)")
+    parser.add_argument("--gender-consistent", action="store_true", default=d.gender_consistent,
+                        help="train on what the product renders by default (the gender from the context up to ε 16): "
+                             "swap partners of the same apparent gender, and noisy identities that keep the face's own "
+                             "coordinate along the public gender direction")
     parser.add_argument("--l1-pool", type=int, default=d.l1_pool,
                         help="L1 between PxP average-pooled output and target (1: per pixel); the inner face is never "
                              "seen, so a per-pixel target pulls fine detail to the mean")
