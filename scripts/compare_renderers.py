@@ -3,7 +3,8 @@
 
 Rows: LFW photos (the first image of people spread over the alphabet). Columns: the original,
 then each renderer at each ε, as a crop around the face at the photo's own resolution (no
-resampling), so softness and seams show as they are. Seeded (reproducible; not private).
+resampling), so softness and seams show as they are. Seeded (reproducible; not private). The
+gender comes from the context where the product's default takes it from there (``--gender``).
 
     python scripts/compare_renderers.py -o docs/results/renderers_v1_v2.png \
         --renderer v1=identitydp_generator --renderer v2=runs/v2-cpu/generator_fp16.safetensors
@@ -22,7 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
 from identitydp.detect import CenterFaceDetector  # noqa: E402
-from identitydp.generate.anonymizer import IdentityDPAnonymizer  # noqa: E402
+from identitydp.generate.anonymizer import RENDERERS, IdentityDPAnonymizer  # noqa: E402
+from identitydp.jobs.config import GENDER_FROM_CONTEXT_MAX_EPSILON  # noqa: E402
 from identitydp.io import read_image  # noqa: E402
 
 
@@ -56,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epsilon", action="append", type=float, default=None, help="ε values (default 1 and inf)")
     p.add_argument("--faces", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gender", choices=["auto", "on", "off"], default="auto",
+                   help="the new face's gender from the context: auto = as the product does by default (v2 renderers, "
+                        "ε ≤ 16), on, or off (drawn with the rest of the identity)")
     args = p.parse_args(argv)
     epsilons = args.epsilon or [1.0, float("inf")]
     detector = CenterFaceDetector()
@@ -64,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.renderer:
         name, weights = spec.split("=", 1)
         for eps in epsilons:
-            anonymizers[(name, eps)] = IdentityDPAnonymizer(epsilon=eps, weights=weights, seed=args.seed)
+            v2 = weights != RENDERERS["v1"]
+            from_context = v2 and (args.gender == "on" or (args.gender == "auto" and eps <= GENDER_FROM_CONTEXT_MAX_EPSILON))
+            anonymizers[(name, eps)] = IdentityDPAnonymizer(epsilon=eps, weights=weights, seed=args.seed,
+                                                            gender_from_context=from_context)
             columns.append((f"{name} eps={eps:g}", name, eps))
     rows = []
     for path in pick_images(args.lfw, args.faces):
