@@ -10,7 +10,8 @@
 2. **Cold start**: ``identitydp anonymize ONE.jpg -o OUT.jpg`` on one of those photos (fresh
    process, models loaded from disk), median wall.
 3. **Stages**: milliseconds per stage for one photo in a warm process (decode, detect, align,
-   embed, privacy, render, geometry, blend, encode), each stage timed around the library call the
+   embed, context (the default's gender network and the 68-point fit it shares with the renderer),
+   privacy, render, geometry, blend, encode), each stage timed around the library call the
    pipeline makes, summed over the photo's faces.
 
 Video frames/s are measured by benchmarks/video_fps.py (20 s 720p clip, 3 faces); this script
@@ -163,9 +164,10 @@ def stage_times(photos: list[Path], threads: int) -> dict:
     from identitydp.blend import enlarged_box, paste_face
     from identitydp.generate.anonymizer import PASTE_REGION
     from identitydp.io import read_image, write_image
-    from identitydp.jobs import AnonymizerConfig
+    from identitydp.jobs import AnonymizerConfig, with_product_defaults
 
-    anonymizer = AnonymizerConfig.create("identitydp", epsilon=1.0).build()
+    # What `identitydp anonymize` runs at ε = 1: the product defaults (the gender from the context).
+    anonymizer = AnonymizerConfig.create("identitydp", **with_product_defaults("identitydp", {"epsilon": 1.0})).build()
     method = anonymizer.method
     photo = photos[2]
     tmp = Path(tempfile.mkdtemp(prefix="identitydp-stages-"))
@@ -174,16 +176,21 @@ def stage_times(photos: list[Path], threads: int) -> dict:
         t = {}
         s = time.perf_counter(); image = read_image(photo).pixels; t["decode"] = time.perf_counter() - s
         s = time.perf_counter(); det = anonymizer.detect(image); t["detect"] = time.perf_counter() - s
-        for key in ("align", "embed", "privacy", "render", "geometry", "blend"):
+        for key in ("align", "embed", "context", "privacy", "render", "geometry", "blend"):
             t[key] = 0.0
         out = image.copy()
         for i in range(len(det)):
             s = time.perf_counter(); aligned = align_face(image, det.landmarks[i], size=method.size, margin=method.margin); t["align"] += time.perf_counter() - s
             s = time.perf_counter(); z = method._identities(image, det.landmarks[i][None]); t["embed"] += time.perf_counter() - s
-            s = time.perf_counter(); noisy = method.mechanism.perturb(z).embeddings; t["privacy"] += time.perf_counter() - s
+            if method.gender_from_context:  # the context network (and the 68-point fit it needs)
+                s = time.perf_counter(); kept, lm68 = method._context_gender([aligned.crop]); t["context"] += time.perf_counter() - s
+                s = time.perf_counter(); noisy = method.mechanism.perturb(z, kept).embeddings; t["privacy"] += time.perf_counter() - s
+            else:
+                lm68 = [None]
+                s = time.perf_counter(); noisy = method.mechanism.perturb(z).embeddings; t["privacy"] += time.perf_counter() - s
             s = time.perf_counter()
-            if method.inpainting:  # v2: 68-point fit, mask and sketch, the network, multi-band blend and grain
-                face, mask = method.inpaint(aligned.crop, noisy)
+            if method.inpainting:  # v2: 68-point fit (unless the context pass made it), mask and sketch, the network, multi-band blend and grain
+                face, mask = method.inpaint(aligned.crop, noisy, landmarks68=lm68[0])
             else:
                 face, mask = method.render(aligned.crop[None], noisy)[0], method.mask
             t["render"] += time.perf_counter() - s
