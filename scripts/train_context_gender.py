@@ -30,15 +30,37 @@ import torch
 from torch import nn
 
 
-def build_net() -> nn.Sequential:
-    """The torch twin of :class:`identitydp.models.context_gender.ContextGender` (same names)."""
+def build_net(channels: tuple[int, ...] | None = None, dropout: float = 0.0) -> nn.Sequential:
+    """The torch twin of :class:`identitydp.models.context_gender.ContextGender` (same names):
+    stride-2 convolutions with ``channels`` outputs (default: the first network's, LAYERS)."""
     from identitydp.models.context_gender import LAYERS, LEAK
 
+    channels = tuple(channels) if channels else tuple(cout for _, cout in LAYERS)
     layers: list[tuple[str, nn.Module]] = []
-    for i, (cin, cout) in enumerate(LAYERS):
+    cin = 4
+    for i, cout in enumerate(channels):
         layers += [(f"conv{i}", nn.Conv2d(cin, cout, 3, stride=2, padding=1)), (f"act{i}", nn.LeakyReLU(LEAK))]
-    layers += [("pool", nn.AdaptiveAvgPool2d(1)), ("flat", nn.Flatten()), ("fc", nn.Linear(LAYERS[-1][1], 1))]
+        cin = cout
+    layers += [("pool", nn.AdaptiveAvgPool2d(1)), ("flat", nn.Flatten())]
+    if dropout > 0:  # training only: no parameters, so the NumPy forward is unchanged
+        layers += [("drop", nn.Dropout(dropout))]
+    layers += [("fc", nn.Linear(cin, 1))]
     return nn.Sequential(OrderedDict(layers))
+
+
+def rebuild_command(args: argparse.Namespace) -> str:
+    """The command line that trains these weights again (the registry's ``rebuild``)."""
+    parts = ["python scripts/train_context_gender.py --bundle .data/v2_128.npz", f"--epochs {args.epochs}"]
+    if args.channels:
+        parts.append(f"--channels {args.channels}")
+    if args.dropout:
+        parts.append(f"--dropout {args.dropout:g}")
+    if args.weight_decay:
+        parts.append(f"--weight-decay {args.weight_decay:g}")
+    if args.no_flip_average:
+        parts.append("--no-flip-average")
+    parts.append("-o src/identitydp/weights/context_gender.safetensors")
+    return " ".join(parts)
 
 
 def main() -> None:
@@ -51,6 +73,12 @@ def main() -> None:
     ap.add_argument("--max-grow", type=float, default=0.15)
     ap.add_argument("--pseudo-margin", type=float, default=0.1,
                     help="CelebA pseudo-labels only where |gender coordinate − midpoint| exceeds this")
+    ap.add_argument("--channels", default="", help="output channels of the stride-2 convolutions, e.g. 32,64,128,256,256 "
+                    "(default: the first network's 32,64,128,128)")
+    ap.add_argument("--dropout", type=float, default=0.0, help="dropout before the linear unit (training only)")
+    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--no-flip-average", action="store_true",
+                    help="do not mark the network for averaging with the mirrored crop at inference")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-register", action="store_true")
     args = ap.parse_args()
@@ -92,10 +120,12 @@ def main() -> None:
     coord = centre(raw, id_mean.cpu().numpy().astype(np.float64)) @ w_gender
     label = np.full(n, -1, np.int64)
     utk = np.zeros(n, bool)
+    adult = np.zeros(n, bool)  # UTKFace faces aged 16 or more: LFW's people are adults
     for i, name in enumerate(data.names):
         parts = Path(name).name.split("_")
         if name.startswith("utkface/") and len(parts) >= 4 and parts[1] in ("0", "1"):
             label[i], utk[i] = int(parts[1]), True
+            adult[i] = parts[0].isdigit() and int(parts[0]) >= 16
         elif not name.startswith("utkface/") and abs(coord[i] - midpoint) > args.pseudo_margin:
             label[i] = int(coord[i] > midpoint)
     rng = np.random.default_rng(0)
@@ -106,8 +136,10 @@ def main() -> None:
     print(f"train {train.sum()} (UTKFace {np.sum(train & utk)}, CelebA pseudo {np.sum(train & ~utk)}), "
           f"UTKFace test {utk_test.sum()}, gender means {means}", flush=True)
 
-    net = build_net()
-    opt = torch.optim.Adam(net.parameters(), lr=args.lr)
+    channels = tuple(int(c) for c in args.channels.split(",") if c.strip()) or None
+    net = build_net(channels, args.dropout)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    flip_average = not args.no_flip_average
     x_all = torch.from_numpy(inputs)
     y_all = torch.from_numpy(label).float()
     idx = np.flatnonzero(train)
@@ -137,11 +169,16 @@ def main() -> None:
         with torch.inference_mode():
             def accuracy(sel: np.ndarray) -> float:
                 rows = torch.from_numpy(np.flatnonzero(sel))
-                return float(((net(x_all[rows])[:, 0] > 0).float() == y_all[rows]).float().mean())
+                logit = net(x_all[rows])[:, 0]
+                if flip_average:  # as ContextGender.p_female runs it
+                    logit = 0.5 * (logit + net(x_all[rows].flip(3))[:, 0])
+                return float(((logit > 0).float() == y_all[rows]).float().mean())
             acc_utk = accuracy(utk_test)
+            acc_adult = accuracy(utk_test & adult)
             acc_held = accuracy(heldout & (label >= 0))
         print(f"epoch {epoch + 1}/{args.epochs}: loss {total / max(1, len(idx) // args.batch):.4f}, "
-              f"UTKFace test accuracy {acc_utk:.3f}, bundle held-out {acc_held:.3f} ({time.time() - t0:.0f} s)", flush=True)
+              f"UTKFace test accuracy {acc_utk:.3f} (adults {acc_adult:.3f}), bundle held-out {acc_held:.3f} "
+              f"({time.time() - t0:.0f} s)", flush=True)
 
     params = {k: v.detach().numpy().astype(np.float32) for k, v in net.state_dict().items()}
     info = {
@@ -151,6 +188,11 @@ def main() -> None:
         "input": "aligned crop with the v2 renderer's inner-face mask painted out (grow "
                  f"{cfg.mask_grow:g}..{args.max_grow:g}) and the mask, pooled to 64 px",
         "utkface_test_accuracy": round(acc_utk, 4),
+        "utkface_test_adult_accuracy": round(acc_adult, 4),
+        "channels": [int(m.out_channels) for m in net if isinstance(m, nn.Conv2d)],
+        "flip_average": flip_average,
+        "dropout": args.dropout,
+        "weight_decay": args.weight_decay,
         "utkface_test_faces": int(utk_test.sum()),
         "bundle_heldout_accuracy": round(acc_held, 4),
         "gender_means": means,
@@ -172,11 +214,12 @@ def main() -> None:
         register_entries([{
             "name": "context_gender", "filename": args.output.name, "sha256": sha256_of(args.output),
             "source": f"trained by the identitydp project on its CPU: scripts/train_context_gender.py ({args.epochs} epochs, "
-                      f"{step} steps of {args.batch}); UTKFace test accuracy {acc_utk:.3f}",
+                      f"{step} steps of {args.batch}, channels {args.channels or 'default'}); UTKFace test accuracy "
+                      f"{acc_utk:.3f} (adults {acc_adult:.3f}), bundle held-out {acc_held:.3f}",
             "origin": "identitydp project; training data: UTKFace + CelebA subsets in ../shared/data/train (never LFW), "
                       "crops with the inner face painted out",
             "license": "MIT (weights); trained on research-only data (UTKFace, CelebA: non-commercial research terms)",
-            "rebuild": "python scripts/train_context_gender.py --bundle .data/v2_128.npz -o src/identitydp/weights/context_gender.safetensors",
+            "rebuild": rebuild_command(args),
         }])
         print(f"registered context_gender ({args.output})")
 

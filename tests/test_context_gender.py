@@ -56,11 +56,11 @@ def test_the_network_never_sees_the_inner_face(model, lfw_crop):
 def test_numpy_forward_matches_torch_convolutions(model):
     """The shipped NumPy forward is the network it was trained as (torch Conv2d, stride 2)."""
     torch = pytest.importorskip("torch")
-    from identitydp.models.context_gender import LAYERS, LEAK
+    from identitydp.models.context_gender import LEAK
 
     x = np.random.default_rng(1).normal(size=(3, 4, 64, 64)).astype(np.float32)
     t = torch.from_numpy(x)
-    for i in range(len(LAYERS)):
+    for i in range(model.depth):
         t = torch.nn.functional.conv2d(t, torch.from_numpy(model.params[f"conv{i}.weight"]),
                                        torch.from_numpy(model.params[f"conv{i}.bias"]), stride=2, padding=1)
         t = torch.nn.functional.leaky_relu(t, LEAK)
@@ -91,6 +91,41 @@ def test_context_gender_metadata_and_inputs(model, tmp_path):
     save_file({k: v for k, v in model.params.items()}, str(empty), metadata={"info": "{}"})
     with pytest.raises(WeightsError, match="gender_means"):
         ContextGender.load(empty)
+
+
+def test_the_layer_chain_comes_from_the_weights():
+    """Any chain of stride-2 convolutions loads (the architecture travels with the file); a chain
+    whose channels do not connect, or a linear unit of the wrong width, is a loud error."""
+    from identitydp.errors import WeightsError
+    from identitydp.models.context_gender import ContextGender
+
+    rng = np.random.default_rng(0)
+
+    def params(chain, fc_width=None):
+        out, cin = {}, 4
+        for i, cout in enumerate(chain):
+            out[f"conv{i}.weight"] = rng.normal(size=(cout, cin, 3, 3)).astype(np.float32) * 0.1
+            out[f"conv{i}.bias"] = np.zeros(cout, np.float32)
+            cin = cout
+        out["fc.weight"] = rng.normal(size=(1, fc_width or cin)).astype(np.float32)
+        out["fc.bias"] = np.zeros(1, np.float32)
+        return out
+
+    info = {"gender_means": {"male": -0.3, "female": 0.2}}
+    net = ContextGender(params((8, 16, 16, 32, 32)), info)
+    assert net.depth == 5 and net.logits(np.zeros((2, 4, 64, 64), np.float32)).shape == (2,)
+    crops = rng.integers(0, 255, (2, 128, 128, 3), dtype=np.uint8)
+    masks = np.zeros((2, 128, 128), np.float32)
+    plain = net.p_female(crops, masks)
+    both = ContextGender(net.params, {**info, "flip_average": True}).p_female(crops, masks)
+    mirrored = ContextGender(net.params, {**info, "flip_average": True}).p_female(crops[:, :, ::-1], masks)
+    assert np.allclose(both, mirrored) and not np.allclose(plain, both)  # the mirror average has no side
+    broken = params((8, 16))
+    broken["conv1.weight"] = broken["conv1.weight"][:, :4]
+    with pytest.raises(WeightsError, match="conv1"):
+        ContextGender(broken, info)
+    with pytest.raises(WeightsError, match="fc"):
+        ContextGender(params((8, 16), fc_width=8), info)
 
 
 def test_context_values_replace_the_identitys_own_and_stay_within_e_eps():

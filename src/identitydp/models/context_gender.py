@@ -13,9 +13,10 @@ the anonymized image publishes unchanged, and using it adds nothing about the fa
 output already shows: the identity release stays ε-DP between *any* two faces with the same
 context (unlike ``--keep gender``, which releases the face's own gender coordinate).
 
-The network: four 3×3 stride-2 convolutions (4 → 32 → 64 → 128 → 128 channels, LeakyReLU 0.2) on a
-64×64 input, global average pooling, one linear unit: the logit of "female". Inference is plain
-NumPy (no torch on the photo path). Trained by ``scripts/train_context_gender.py`` on the
+The network: 3×3 stride-2 convolutions (LeakyReLU 0.2) on a 64×64 input, global average pooling,
+one linear unit: the logit of "female". The chain of channels is read from the weights (the first
+registered network had 4 → 32 → 64 → 128 → 128, :data:`LAYERS`). Inference is plain NumPy (no torch
+on the photo path). Trained by ``scripts/train_context_gender.py`` on the
 training bundle (never LFW), registered as ``context_gender``.
 """
 
@@ -35,7 +36,7 @@ __all__ = ["CONTEXT_GENDER_NAME", "INPUT_SIZE", "ContextGender", "context_input"
 CONTEXT_GENDER_NAME = "context_gender"
 #: Side of the network's input, px; the renderer's crop (128 or 256 px) is average-pooled to it.
 INPUT_SIZE = 64
-#: (in, out) channels of the stride-2 convolutions.
+#: (in, out) channels of the stride-2 convolutions of the first network (the training script's default).
 LAYERS = ((4, 32), (32, 64), (64, 128), (128, 128))
 LEAK = 0.2
 
@@ -87,18 +88,27 @@ class ContextGender:
     """The context-only gender network and what its probability maps to in identity space.
 
     Args:
-        params: ``conv{i}.weight`` (O, C, 3, 3), ``conv{i}.bias`` (O,), ``fc.weight`` (1, 64),
-            ``fc.bias`` (1,), float32.
+        params: ``conv{i}.weight`` (O, C, 3, 3), ``conv{i}.bias`` (O,), ``fc.weight`` (1, O_last),
+            ``fc.bias`` (1,), float32; conv0 takes 4 channels, each next one the previous one's output.
         info: the file's metadata: held-out accuracy, provenance, and ``gender_means``, the mean
             coordinate along the registered gender direction of training men and women.
     """
 
     def __init__(self, params: dict[str, np.ndarray], info: dict) -> None:
-        for i, (cin, cout) in enumerate(LAYERS):
-            if params[f"conv{i}.weight"].shape != (cout, cin, 3, 3) or params[f"conv{i}.bias"].shape != (cout,):
-                raise WeightsError(f"context gender weights: conv{i} has the wrong shape")
-        if params["fc.weight"].shape != (1, LAYERS[-1][1]) or params["fc.bias"].shape != (1,):
+        depth = 0
+        while f"conv{depth}.weight" in params:
+            depth += 1
+        if depth == 0:
+            raise WeightsError("context gender weights: no conv0")
+        channels = 4
+        for i in range(depth):
+            w, b = params[f"conv{i}.weight"], params.get(f"conv{i}.bias")
+            if w.ndim != 4 or w.shape[1:] != (channels, 3, 3) or b is None or b.shape != (w.shape[0],):
+                raise WeightsError(f"context gender weights: conv{i} has the wrong shape {w.shape}")
+            channels = w.shape[0]
+        if params["fc.weight"].shape != (1, channels) or params["fc.bias"].shape != (1,):
             raise WeightsError("context gender weights: fc has the wrong shape")
+        self.depth = depth
         means = info.get("gender_means")
         if not isinstance(means, dict) or not {"male", "female"} <= set(means):
             raise WeightsError("context gender weights carry no gender_means (male, female) in their metadata")
@@ -134,15 +144,22 @@ class ContextGender:
         # them, which slowed the renderer's ONNX Runtime pool that runs next by ~40 % on 2 cores
         # (14 ms per face in all, measured on benchmarks/speed.py's photos; 1 ms with one thread).
         with _blas_controller().limit(limits=1, user_api="blas"):
-            for i in range(len(LAYERS)):
+            for i in range(self.depth):
                 x = _conv_s2(x, self.params[f"conv{i}.weight"], self.params[f"conv{i}.bias"])
                 x = np.where(x > 0, x, LEAK * x)
             pooled = x.mean(axis=(2, 3))
             return (pooled @ self.params["fc.weight"].T + self.params["fc.bias"])[:, 0]
 
     def p_female(self, crops: np.ndarray, masks: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 crops and (N, S, S) repaint masks → (N,) probability of "female"."""
-        return 1.0 / (1.0 + np.exp(-self.logits(context_input(crops, masks)).astype(np.float64)))
+        """(N, S, S, 3) uint8 crops and (N, S, S) repaint masks → (N,) probability of "female".
+
+        Networks whose metadata says ``flip_average`` (trained with mirrored crops) average the
+        logits of the crop and of its mirror image: a face's context has no preferred side."""
+        x = context_input(crops, masks)
+        logit = self.logits(x).astype(np.float64)
+        if self.info.get("flip_average"):
+            logit = 0.5 * (logit + self.logits(np.ascontiguousarray(x[..., ::-1])).astype(np.float64))
+        return 1.0 / (1.0 + np.exp(-logit))
 
     def gender_coordinate(self, p_female: np.ndarray) -> np.ndarray:
         """(N,) probabilities → (N, 1) coordinates along the registered gender direction (the
