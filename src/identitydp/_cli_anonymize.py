@@ -52,8 +52,8 @@ DEFAULT_IDENTITYDP_EPSILON = 1.0
 #: MobileFace rank-1 re-identification and FaceRes gender agreement; chance 0.3 %, solid mask 0.3 %,
 #: ε = inf 27 %; docs/results/lfw300-context-knob, src/identitydp/weights/privacy_curve_keep_v2.json).
 PRIVACY_PRESETS = {
-    "strong": (1.0, "rank-1 1.0 %: a new identity, gender from the hair and clothes (78 %) (the default)"),
-    "medium": (16.0, "rank-1 4.3 %: a look-alike, gender from the hair and clothes (81 %)"),
+    "strong": (1.0, "rank-1 1.0 %: a new identity, gender from the hair and clothes (82 %) (the default)"),
+    "medium": (16.0, "rank-1 4.3 %: a look-alike, gender from the hair and clothes (82 %)"),
     "light": (64.0, "rank-1 14 %: close to the person, gender 87 %, age within 7 years"),
 }
 
