@@ -48,6 +48,16 @@ def build_net(channels: tuple[int, ...] | None = None, dropout: float = 0.0) -> 
     return nn.Sequential(OrderedDict(layers))
 
 
+def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
+    """Each (C, H, W) sample of ``x`` moved by a random whole-pixel offset in [−max_shift, max_shift]
+    on both axes, zero-filled: alignment is never exact, and the network should not count on it."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (max_shift,) * 4)
+    dy = torch.randint(0, 2 * max_shift + 1, (n,))
+    dx = torch.randint(0, 2 * max_shift + 1, (n,))
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
+
+
 def rebuild_command(args: argparse.Namespace) -> str:
     """The command line that trains these weights again (the registry's ``rebuild``)."""
     parts = ["python scripts/train_context_gender.py --bundle .data/v2_128.npz", f"--epochs {args.epochs}"]
@@ -57,6 +67,8 @@ def rebuild_command(args: argparse.Namespace) -> str:
         parts.append(f"--dropout {args.dropout:g}")
     if args.weight_decay:
         parts.append(f"--weight-decay {args.weight_decay:g}")
+    if args.shift:
+        parts.append(f"--shift {args.shift}")
     if args.no_flip_average:
         parts.append("--no-flip-average")
     parts.append("-o src/identitydp/weights/context_gender.safetensors")
@@ -77,6 +89,8 @@ def main() -> None:
                     "(default: the first network's 32,64,128,128)")
     ap.add_argument("--dropout", type=float, default=0.0, help="dropout before the linear unit (training only)")
     ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--shift", type=int, default=0,
+                    help="random translation of up to this many input pixels (of 64) per crop, zero-filled")
     ap.add_argument("--no-flip-average", action="store_true",
                     help="do not mark the network for averaging with the mirrored crop at inference")
     ap.add_argument("--threads", type=int, default=2)
@@ -155,6 +169,8 @@ def main() -> None:
             x = x_all[rows]
             flip = torch.rand(len(x)) < 0.5
             x[flip] = x[flip].flip(3)
+            if args.shift > 0:
+                x = random_shift(x, args.shift)
             # brightness/contrast jitter on the image channels only (the mask channel stays exact)
             gain = 1 + 0.2 * (torch.rand(len(x), 1, 1, 1) - 0.5)
             x = torch.cat([x[:, :3] * gain, x[:, 3:]], 1)
@@ -193,6 +209,7 @@ def main() -> None:
         "flip_average": flip_average,
         "dropout": args.dropout,
         "weight_decay": args.weight_decay,
+        "shift": args.shift,
         "utkface_test_faces": int(utk_test.sum()),
         "bundle_heldout_accuracy": round(acc_held, 4),
         "gender_means": means,
