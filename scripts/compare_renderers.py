@@ -8,6 +8,10 @@ gender comes from the context where the product's default takes it from there (`
 
     python scripts/compare_renderers.py -o docs/results/renderers_v1_v2.png \
         --renderer v1=identitydp_generator --renderer v2=runs/v2-cpu/generator_fp16.safetensors
+
+A renderer spec may carry further anonymizer parameters after ``;``, e.g.
+``--renderer "sharp=identitydp_renderer_v2;sharpen=0.35"`` (values as in ``identitydp eval``
+method specs).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ sys.path.insert(0, str(REPO / "src"))
 from identitydp.detect import CenterFaceDetector  # noqa: E402
 from identitydp.generate.anonymizer import RENDERERS, IdentityDPAnonymizer  # noqa: E402
 from identitydp.jobs.config import GENDER_FROM_CONTEXT_MAX_EPSILON  # noqa: E402
+from identitydp.eval.config import _parse_value  # noqa: E402
 from identitydp.io import read_image  # noqa: E402
 
 
@@ -54,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-o", "--out", type=Path, required=True)
     p.add_argument("--lfw", type=Path, default=REPO.parent / "shared" / "data" / "lfw")
     p.add_argument("--renderer", action="append", required=True, metavar="NAME=WEIGHTS",
-                   help="label=registry name or path of an exported generator (repeat)")
+                   help="label=registry name or path of an exported generator[;key=value...] (repeat)")
     p.add_argument("--epsilon", action="append", type=float, default=None, help="ε values (default 1 and inf)")
     p.add_argument("--faces", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
@@ -67,12 +72,17 @@ def main(argv: list[str] | None = None) -> int:
     columns = [("original", None, None)]
     anonymizers = {}
     for spec in args.renderer:
-        name, weights = spec.split("=", 1)
+        name, rest = spec.split("=", 1)
+        weights, *extra = rest.split(";")
+        params = {}
+        for item in extra:
+            key, _, value = item.partition("=")
+            params[key.strip()] = _parse_value(value)
         for eps in epsilons:
             v2 = weights != RENDERERS["v1"]
             from_context = v2 and (args.gender == "on" or (args.gender == "auto" and eps <= GENDER_FROM_CONTEXT_MAX_EPSILON))
             anonymizers[(name, eps)] = IdentityDPAnonymizer(epsilon=eps, weights=weights, seed=args.seed,
-                                                            gender_from_context=from_context)
+                                                            gender_from_context=from_context, **params)
             columns.append((f"{name} eps={eps:g}", name, eps))
     rows = []
     for path in pick_images(args.lfw, args.faces):

@@ -488,7 +488,22 @@ def test_registered_v2_renderer_from_the_cli(lfw_images, tmp_path) -> None:
     assert np.abs(before.astype(int) - after.astype(int)).max() > 40
     text = json.dumps(json.loads(report.read_text()))
     assert "v2-inpainting" in text and "identitydp_renderer_v2" in text
+    assert '"sharpen": 0.35' in text  # the product default, recorded
     assert cli_main(args + ["--precision", "int8", "--overwrite"]) == 3
+    assert cli_main(args + ["--sharpen", "0.5", "--renderer", "v1", "--overwrite"]) == 3
+    assert cli_main(["anonymize", str(photo), "-o", str(out), "--method", "blur", "--sharpen", "0.5", "--quiet",
+                     "--overwrite"]) == 3
+
+
+def test_sharpen_is_a_v2_product_default_that_an_explicit_value_overrides() -> None:
+    from identitydp.generate.anonymizer import RENDERERS
+    from identitydp.jobs import PRODUCT_SHARPEN, with_product_defaults
+
+    assert with_product_defaults("identitydp", {"epsilon": 1.0})["sharpen"] == PRODUCT_SHARPEN
+    assert with_product_defaults("identitydp", {"epsilon": 1.0, "weights": RENDERERS["v2"]})["sharpen"] == PRODUCT_SHARPEN
+    assert with_product_defaults("identitydp", {"epsilon": 1.0, "sharpen": 0.0})["sharpen"] == 0.0
+    assert "sharpen" not in with_product_defaults("identitydp", {"epsilon": 1.0, "weights": RENDERERS["v1"]})
+    assert "sharpen" not in with_product_defaults("blur", {"sigma": 0.1})
 
 
 def test_shape_modes_limit_the_geometry_the_renderer_gets(real_crop, lfw_images, tmp_path) -> None:

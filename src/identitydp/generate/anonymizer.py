@@ -165,6 +165,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             v1 only (v2 renders both halves cleanly).
         grain: v2: add luminance grain to the rendering up to the level measured on the photo
             just around the repainted region (a clean face on a noisy photo looks pasted).
+        sharpen: v2: unsharp-mask amount in [0, 2] on the rendering where it is magnified into
+            the frame (:func:`identitydp.blend.paste_face`); reads the rendering only.
         backend: renderer runtime: ``"auto"`` (ONNX Runtime on CPU when installed and the
             registered graph was exported from these weights, else torch; v2 with truncation
             below 1 runs on torch), ``"onnxruntime"`` (required: a clear error otherwise) or
@@ -243,6 +245,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         truncation: float = 1.0,
         shape_modes: int | None = None,
         gender_from_context: bool = False,
+        sharpen: float = 0.0,
     ) -> None:
         from ..align import face_mask, template_for
         from ..models.registry import weight_path
@@ -341,6 +344,11 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self.margin = float(self.meta["margin"])
         self.mask = face_mask(self.size, self.margin)
         self.grain = bool(grain)
+        if isinstance(sharpen, bool) or not isinstance(sharpen, (int, float, np.floating)) or not 0.0 <= sharpen <= 2.0:
+            raise ValueError(f"sharpen must be a number in [0, 2], got {sharpen!r}")
+        if sharpen and not self.inpainting:
+            raise ValueError("sharpen is for the v2 renderer; v1 mirror-fuses its own size")
+        self.sharpen = float(sharpen)
         # Video: track id -> (1, 128) released identity, reused on every frame of the track.
         self._tracks: dict[int, np.ndarray] = {}
         # v2 video: track id -> seed of the renderer's texture noise (same texture every frame).
@@ -517,6 +525,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             "generator": self.weights.name,
             "renderer": "v2-inpainting" if self.inpainting else "v1-aei",
             "grain": self.grain if self.inpainting else None,
+            "sharpen": self.sharpen if self.inpainting else None,
             "truncation": self.truncation if self.inpainting else None,
             "shape_modes": self.shape_modes if self.inpainting else None,
             "gender_from_context": self.gender_from_context or None,
@@ -847,7 +856,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
                 if track is not None and self.render_every > 1:
                     self._track_render[track] = ((face, mask), 1)
             return paste_face(out, face, aligned.inverse, mask, color_match=self.color_match,
-                              original_crop=aligned.crop, region=region)
+                              original_crop=aligned.crop, region=region, sharpen=self.sharpen)
         face = rendered
         if self.geometry:
             face = self.match_geometry(face, aligned.crop)

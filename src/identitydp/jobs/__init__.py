@@ -17,7 +17,7 @@ Example::
     print(summary.to_dict()["done"], "written")
 """
 
-from .config import DP_METHODS, GENDER_FROM_CONTEXT_MAX_EPSILON, AnonymizerConfig, ConfigError, with_product_defaults
+from .config import DP_METHODS, GENDER_FROM_CONTEXT_MAX_EPSILON, PRODUCT_SHARPEN, AnonymizerConfig, ConfigError, with_product_defaults
 from .job import ItemResult, Job, JobSummary, VideoOptions, file_digest, pixel_digest
 from .plan import JobPlan, PlanError, Skipped, WorkItem, plan_job, read_manifest
 
@@ -38,5 +38,6 @@ __all__ = [
     "pixel_digest",
     "plan_job",
     "read_manifest",
+    "PRODUCT_SHARPEN",
     "with_product_defaults",
 ]
