@@ -166,7 +166,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         grain: v2: add luminance grain to the rendering up to the level measured on the photo
             just around the repainted region (a clean face on a noisy photo looks pasted).
         sharpen: v2: unsharp-mask amount in [0, 2] on the rendering where it is magnified into
-            the frame (:func:`identitydp.blend.paste_face`); reads the rendering only.
+            the frame (:func:`identitydp.blend.paste_face`); it reads the crop that is pasted (the
+            rendering, and the unchanged context at its feathered edge), never the original inner face.
         backend: renderer runtime: ``"auto"`` (ONNX Runtime on CPU when installed and the
             registered graph was exported from these weights, else torch; v2 with truncation
             below 1 runs on torch), ``"onnxruntime"`` (required: a clear error otherwise) or
