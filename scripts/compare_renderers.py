@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO / "src"))
 from identitydp.detect import CenterFaceDetector  # noqa: E402
 from identitydp.generate.anonymizer import RENDERERS, IdentityDPAnonymizer  # noqa: E402
 from identitydp.jobs.config import GENDER_FROM_CONTEXT_MAX_EPSILON  # noqa: E402
-from identitydp.eval.config import _parse_value  # noqa: E402
+from identitydp.eval.config import parse_method_spec  # noqa: E402
 from identitydp.io import read_image  # noqa: E402
 
 
@@ -73,11 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     anonymizers = {}
     for spec in args.renderer:
         name, rest = spec.split("=", 1)
-        weights, *extra = rest.split(";")
-        params = {}
-        for item in extra:
-            key, _, value = item.partition("=")
-            params[key.strip()] = _parse_value(value)
+        weights, _, extra = rest.partition(";")
+        params = dict(parse_method_spec(f"identitydp:{extra}")[0].params) if extra.strip() else {}
         for eps in epsilons:
             v2 = weights != RENDERERS["v1"]
             from_context = v2 and (args.gender == "on" or (args.gender == "auto" and eps <= GENDER_FROM_CONTEXT_MAX_EPSILON))

@@ -9,6 +9,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+#: ``paste_face(..., sharpen=...)`` acts on crops enlarged by more than this factor only.
+SHARPEN_MIN_MAGNIFICATION = 1.1
+
 
 def warm_up_color_tables() -> None:
     """Make OpenCV build its 8-bit RGB<->Lab tables now (~0.1 s on the first conversion of a
@@ -73,7 +76,8 @@ def paste_face(
             (0: off). Magnifying an S-px crop by m leaves nothing above its Nyquist band
             (period 2m frame px), so the pasted face looks softer than the photo around it; the
             mask boosts the band just below that, with a Gaussian of σ = m / 2 frame px. It
-            reads only ``crop``. Nothing happens for a crop that is not magnified.
+            reads only ``crop``. Nothing happens for a crop enlarged by less than
+            :data:`SHARPEN_MIN_MAGNIFICATION`.
 
     Returns:
         (H, W, 3) uint8 frame. Pixels whose warped mask weight is 0 are bit-identical to ``frame``.
@@ -102,10 +106,13 @@ def paste_face(
     # resampling there low-passes the rendering (LFW, v2 renderer, ε = 1: sharpness ratio 0.61
     # bilinear, 0.84 bicubic, 0.86 Lanczos; docs/results/lfw300-lanczos).
     face = cv2.warpAffine(crop, shifted, size_out, flags=cv2.INTER_LANCZOS4, borderMode=cv2.BORDER_REPLICATE)
-    magnification = float(np.sqrt(abs(np.linalg.det(inverse[:, :2]))))
-    if sharpen > 0 and magnification > 1.0:
-        soft = cv2.GaussianBlur(face, (0, 0), sigmaX=magnification / 2.0)
-        face = cv2.addWeighted(face, 1.0 + sharpen, soft, -sharpen, 0.0)
+    if sharpen > 0:
+        magnification = float(np.sqrt(abs(np.linalg.det(inverse[:, :2]))))
+        # A crop that lands smaller was area-filtered to about its frame size above (magnification
+        # ≈ 1 after rounding): sharpening it would only boost its pixel noise.
+        if magnification > SHARPEN_MIN_MAGNIFICATION:
+            soft = cv2.GaussianBlur(face, (0, 0), sigmaX=magnification / 2.0)
+            face = cv2.addWeighted(face, 1.0 + sharpen, soft, -sharpen, 0.0)
     alpha = cv2.warpAffine(mask.astype(np.float32), shifted, size_out, flags=cv2.INTER_LINEAR, borderValue=0.0)
     alpha = np.clip(alpha, 0.0, 1.0)
     if region is not None:

@@ -26,6 +26,7 @@ __all__ = [
     "ConfigError",
     "DP_METHODS",
     "GENDER_FROM_CONTEXT_MAX_EPSILON",
+    "PRODUCT_SHARPEN",
     "ItemResult",
     "Job",
     "JobPlan",
@@ -38,6 +39,5 @@ __all__ = [
     "pixel_digest",
     "plan_job",
     "read_manifest",
-    "PRODUCT_SHARPEN",
     "with_product_defaults",
 ]
