@@ -1,13 +1,15 @@
 """Write a copy of a v2 renderer's weights with different conditioning, for inference-only A/Bs.
 
-The v2 renderer's repaint region (``mask_lift``, ``mask_grow``, ``mask_convex``) and the detail of
-the landmark sketch (``shape_components``: 0 = the face's own 68 landmarks) are part of its config,
+The v2 renderer's repaint region (``mask_lift``, ``mask_grow``, ``mask_convex``), the detail of
+the landmark sketch (``shape_components``: 0 = the face's own 68 landmarks) and the coarse colour
+of the inner face it is given (``colour_grid``) are part of its config,
 stored in the weights' metadata. This copies the learned tensors unchanged and writes the config
 changed, so that ``identitydp eval --methods "identitydp:epsilon=1,inf;weights=OUT"`` measures what
 a conditioning change does before any training is spent on it (docs/results/lfw300-knob-v2).
 
     python scripts/renderer_variant.py runs/v2d_rawshape.safetensors --shape-components 0
     python scripts/renderer_variant.py runs/v2d_lift06.safetensors --mask-lift 0.6
+    python scripts/renderer_variant.py runs/v2d_grid2.safetensors --colour-grid 2
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mask-lift", type=float, help="how far above the brows the repainted region reaches (mouth-to-eye distances)")
     ap.add_argument("--mask-grow", type=float, help="how far the jaw line is pushed out (fraction)")
     ap.add_argument("--shape-components", type=int, choices=[0], help="0: draw the face's own landmarks (drops the shape model)")
+    ap.add_argument("--colour-grid", type=int, help="side of the coarse-colour grid of the inner face (trained: 4)")
     args = ap.parse_args(argv)
     source = args.source or weight_path(RENDERER_V2_NAME)
     with safe_open(str(source), "np") as fh:
@@ -42,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
         net["mask_lift"] = args.mask_lift
     if args.mask_grow is not None:
         net["mask_grow"] = args.mask_grow
+    if args.colour_grid is not None:
+        if args.colour_grid < 1:
+            ap.error("--colour-grid must be at least 1")
+        net["colour_grid"] = args.colour_grid
     if args.shape_components == 0:
         net["shape_components"] = 0
         tensors = {k: v for k, v in tensors.items() if not k.startswith("shape_")}
