@@ -60,7 +60,7 @@ def test_mask_covers_the_inner_face_and_sketch_draws_it(real_crop) -> None:
 def test_renderer_cannot_see_the_inner_face(real_crop) -> None:
     """Permuting pixels inside one coarse-colour cell where the mask is 1 (which keeps that cell's
     mean colour) changes nothing the renderer sees, so nothing it outputs: the original inner face
-    reaches it only as 48 numbers of coarse colour."""
+    reaches it only as the coarse colour's cell means (12 numbers on the default 2×2 grid)."""
     crop, lm68 = real_crop
     torch.manual_seed(0)
     g = InpaintGenerator(InpaintConfig(size=128, **SMALL)).eval()
