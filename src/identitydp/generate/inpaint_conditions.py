@@ -67,8 +67,8 @@ class InpaintConfig:
             so the fine shape of eyes, nose, mouth and jaw — identity — is not given to the
             renderer. The model (mean + modes, fitted on training faces) is part of the weights.
         colour_grid: side of the coarse-colour grid over the crop. 2 since 2026-12-07: on a 4×4
-            grid (about 3×3 cells on the inner face) the cell means were the largest channel of
-            the original an independent judge read at ε = 1 (docs/results/leak-attribution).
+            grid (about 3×3 cells on the inner face) the cell means were the renderer input that
+            carried the most of what an independent judge read at ε = 1 (docs/results/leak-attribution).
             Every exported renderer records its own value in its ``net`` metadata.
     """
 
