@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mask-lift", type=float, help="how far above the brows the repainted region reaches (mouth-to-eye distances)")
     ap.add_argument("--mask-grow", type=float, help="how far the jaw line is pushed out (fraction)")
     ap.add_argument("--shape-components", type=int, choices=[0], help="0: draw the face's own landmarks (drops the shape model)")
-    ap.add_argument("--colour-grid", type=int, help="side of the coarse-colour grid of the inner face (trained: 4)")
+    ap.add_argument("--colour-grid", type=int, help="side of the coarse-colour grid of the inner face (default: the source's own; v2d was trained with 4, v2x with 2)")
     args = ap.parse_args(argv)
     source = args.source or weight_path(RENDERER_V2_NAME)
     with safe_open(str(source), "np") as fh:
