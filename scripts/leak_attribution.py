@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     from identitydp.eval.config import EvalConfig, parse_method_spec
     from identitydp.eval.methods import make_runner
     from identitydp.eval.metrics import paired_distance, rank1
-    from identitydp.eval.runner import JUDGE_METRIC, EvalRun, anonymizer_detections
+    from identitydp.eval.runner import JUDGE_METRIC, EvalRun
 
     judges = args.judges.split(",")
     (setting,) = parse_method_spec(args.setting)
@@ -126,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     run = EvalRun(cfg, args.out / "eval", progress=True)
     o = run.prepare()
     keys = run.protocol.probes
-    geoms = [o.geometry[k] for k in keys]
-    dets = [anonymizer_detections(o.detections[k], g, cfg.threshold) for k, g in zip(keys, geoms)]
+    geoms, dets = run.anonymizer_inputs(keys)
     results = {}
     for variant in args.variants.split(","):
         runner = make_runner(setting, cfg.threshold, cfg.seed)  # fresh: the same draws for every variant

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from identitydp.eval.config import EvalConfig, parse_method_spec
     from identitydp.eval.methods import make_runner
     from identitydp.eval.metrics import paired_distance
-    from identitydp.eval.runner import JUDGE_METRIC, EvalRun, anonymizer_detections, sample_crop
+    from identitydp.eval.runner import JUDGE_METRIC, EvalRun, sample_crop
 
     (setting,) = parse_method_spec(args.setting)
     cfg = EvalConfig(lfw_dir=args.lfw, methods=[args.setting], people=args.people, judges=[args.judge],
@@ -47,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     run = EvalRun(cfg, args.out / "eval", progress=True)
     o = run.prepare()
     keys = run.protocol.probes
-    geoms = [o.geometry[k] for k in keys]
-    dets = [anonymizer_detections(o.detections[k], g, cfg.threshold) for k, g in zip(keys, geoms)]
+    geoms, dets = run.anonymizer_inputs(keys)
     runner = make_runner(setting, cfg.threshold, cfg.seed)
     # In the eval's order, one seeded anonymizer: the same draws as its run of this setting.
     from tqdm import tqdm

@@ -399,6 +399,13 @@ class EvalRun:
         """Images per call of a method: deface pays a process start per call, so it gets bigger batches."""
         return self.config.batch * (8 if setting.method == "deface" else 1)
 
+    def anonymizer_inputs(self, keys: list[str]) -> tuple[list[FaceGeometry], list[Detections]]:
+        """For LFW image ``keys`` (after :meth:`prepare`): each image's target-face geometry and the
+        detections a method is given for it, exactly as a setting's run uses them."""
+        o, threshold = self.originals, self.config.threshold
+        geoms = [o.geometry[k] for k in keys]
+        return geoms, [anonymizer_detections(o.detections[k], g, threshold) for k, g in zip(keys, geoms)]
+
     def _anonymize_and_embed(self, runner, keys: list[str], geoms: list[FaceGeometry], dets: list[Detections],
                              load: Callable, again: bool = False, desc: str = "") -> dict[str, np.ndarray]:
         """Anonymize images with ``runner`` (``again``: a second, independent draw) and embed them
@@ -423,8 +430,7 @@ class EvalRun:
         cfg, o, proto = self.config, self.originals, self.protocol
         P = len(proto.probes)
         keys = proto.gallery
-        geoms = [o.geometry[k] for k in keys]
-        dets = [anonymizer_detections(o.detections[k], g, cfg.threshold) for k, g in zip(keys, geoms)]
+        geoms, dets = self.anonymizer_inputs(keys)
         draw_a = self._anonymize_and_embed(runner, keys, geoms, dets, self.load, desc="attacks: gallery draw 1")
         deterministic = runner.deterministic
         if deterministic is None:
