@@ -284,15 +284,22 @@ def _sn(module: nn.Module) -> nn.Module:
 class MaskedPatchDiscriminator(nn.Module):
     """PatchGAN on (image, mask) at full and half resolution: the mask tells it where to look.
 
-    Forward: (N, 3, S, S) images, (N, 1, S, S) mask → list of (N, 1, h, w) logits.
+    With ``sketch_channels`` > 0 it also reads the landmark sketch the renderer was given
+    (conditional, as in pix2pix), so that it can judge whether the face follows the geometry
+    (mouth open or closed, gaze, pose) as well as whether it looks real; trained with mismatched
+    (photo, another face's sketch) pairs as fakes it has to (a matching-aware discriminator).
+
+    Forward: (N, 3, S, S) images, (N, 1, S, S) mask, optionally (N, sketch_channels, S, S) sketch
+    in [0, 1] → list of (N, 1, h, w) logits.
     """
 
-    def __init__(self, cfg: InpaintConfig) -> None:
+    def __init__(self, cfg: InpaintConfig, sketch_channels: int = 0) -> None:
         super().__init__()
+        self.sketch_channels = sketch_channels
         self.scales = nn.ModuleList()
         for _ in range(cfg.disc_scales):
             layers: list[nn.Module] = []
-            cin = 4
+            cin = 4 + sketch_channels
             for i, c in enumerate(cfg.disc_channels):
                 stride = 2 if i < len(cfg.disc_channels) - 1 else 1
                 layers += [_sn(nn.Conv2d(cin, c, 4, stride, 1)), nn.LeakyReLU(0.2, inplace=True)]
@@ -300,8 +307,12 @@ class MaskedPatchDiscriminator(nn.Module):
             layers.append(_sn(nn.Conv2d(cin, 1, 3, 1, 1)))
             self.scales.append(nn.Sequential(*layers))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
-        h = torch.cat([x, mask * 2 - 1], 1)
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, sketch: torch.Tensor | None = None) -> list[torch.Tensor]:
+        if (sketch is None) != (self.sketch_channels == 0):
+            raise ValueError(f"this discriminator reads {self.sketch_channels} sketch channels; "
+                             f"got {'none' if sketch is None else sketch.shape[1]}")
+        parts = [x, mask * 2 - 1] + ([] if sketch is None else [sketch * 2 - 1])
+        h = torch.cat(parts, 1)
         outs = []
         for i, d in enumerate(self.scales):
             if i:

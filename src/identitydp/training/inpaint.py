@@ -72,7 +72,14 @@ from ..generate.identity import (
     resample,
     warp_theta,
 )
-from ..generate.inpaint import InpaintConfig, InpaintGenerator, MaskedPatchDiscriminator, landmark_sketch, mask_for
+from ..generate.inpaint import (
+    SKETCH_CHANNELS,
+    InpaintConfig,
+    InpaintGenerator,
+    MaskedPatchDiscriminator,
+    landmark_sketch,
+    mask_for,
+)
 from ..eval.image_metrics import SHARPNESS_SIGMA
 from .options import InpaintTrainConfig, add_arguments, config_from_args
 from .loop import TimedTrainer
@@ -282,7 +289,8 @@ class InpaintTrainer(TimedTrainer):
             raise ValueError(f"--l1-pool must be >= 1 and divide --size {cfg.size}, got {cfg.l1_pool}")
         self.net_cfg = InpaintConfig(size=cfg.size, **_network_options(cfg))
         self.G = InpaintGenerator(self.net_cfg).to(self.device, memory_format=self.memory_format)
-        self.D = MaskedPatchDiscriminator(self.net_cfg).to(self.device, memory_format=self.memory_format)
+        self.D = MaskedPatchDiscriminator(self.net_cfg, sketch_channels=SKETCH_CHANNELS if cfg.disc_sketch else 0
+                                          ).to(self.device, memory_format=self.memory_format)
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         fused = {"fused": True} if self.cuda else {}
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas), **fused)
@@ -396,15 +404,23 @@ class InpaintTrainer(TimedTrainer):
         # --- discriminator
         self.opt_d.zero_grad(set_to_none=True)
         with self._autocast():
-            real = self.D_run(x, m)
-            fake = self.D_run(y.detach(), m)
+            sk = bt["sketch"] if c.disc_sketch else None
+            real = self.D_run(x, m, sk)
+            fake = self.D_run(y.detach(), m, sk)
             loss_d = sum(F.relu(1 - r).mean() + F.relu(1 + f).mean() for r, f in zip(real, fake)) / len(real)
+            if c.disc_sketch and c.w_mismatch > 0:
+                # A real photo with the next row's sketch and mask (consistent with each other, so
+                # only the face itself can give the mismatch away) is a fake: the discriminator has
+                # to check the geometry, and the generator then has to follow it.
+                other = torch.roll(torch.arange(x.shape[0], device=x.device), 1)
+                wrong = self.D_run(x, m[other], sk[other])
+                loss_d = loss_d + c.w_mismatch * sum(F.relu(1 + f).mean() for f in wrong) / len(wrong)
         loss_d.backward()
         self.opt_d.step()
         # --- generator
         self.opt_g.zero_grad(set_to_none=True)
         with self._autocast():
-            adv = -sum(f.mean() for f in self.D_run(y, m)) / len(real)
+            adv = -sum(f.mean() for f in self.D_run(y, m, sk)) / len(real)
             if c.l1_pool > 1:
                 # Only the coarse picture (colour, lighting, layout) has a pixel target: the inner
                 # face is never seen, so a per-pixel L1 would pull fine detail to the mean (blur).
@@ -546,13 +562,46 @@ class InpaintTrainer(TimedTrainer):
             return {k[len(prefix):]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith(prefix)}
 
         _load_matching(self.G, part("G."))
-        self.D.load_state_dict(part("D."))
+        stored_d = part("D.")
+        self.D.load_state_dict(_fit_disc_inputs(stored_d, self.D.state_dict()))
+        cin = {k: int(v.shape[1]) for k, v in stored_d.items() if k.endswith(".0.weight_orig")}
+        if any(n != 4 + self.D.sketch_channels for n in cin.values()):
+            # Visible in the log: a chained run that forgot --disc-sketch drops the sketch inputs.
+            self.event("discriminator_inputs", stored=max(cin.values()), now=4 + self.D.sketch_channels)
         self._init_has_shape = _load_matching(self.G_ema, part("G_ema.") if any(k.startswith("G_ema.") for k in keys) else part("G."))
         self._set_id_mean(tensors["id_mean"])
         self.step = int(meta.get("step", 0))
         self.images_seen = int(meta.get("images_seen", 0))
         self.train_seconds = float(meta.get("train_seconds", 0.0))
         self.event("initialised", path=str(path), step=self.step)
+
+
+def _fit_disc_inputs(state: dict, own: dict) -> dict:
+    """A discriminator state whose first convolutions read more or fewer input channels than
+    ``own`` (a run that adds or drops ``--disc-sketch``), made to fit: new channels get zero
+    weights (the loaded discriminator's verdicts are unchanged at the start), dropped ones are cut.
+
+    Spectral norm keeps the weight's right singular vector ``weight_v`` over (in_channels × k × k);
+    zero columns leave the singular values unchanged, so it is padded or cut the same way.
+    """
+    out = dict(state)
+    for key, target in own.items():
+        if not key.endswith(".0.weight_orig") or key not in state or state[key].shape == target.shape:
+            continue
+        w = state[key]
+        if w.shape[0] != target.shape[0] or w.shape[2:] != target.shape[2:]:
+            raise ValueError(f"discriminator tensor {key} is {tuple(w.shape)}, expected {tuple(target.shape)}")
+        cin, k = target.shape[1], target.shape[2] * target.shape[3]
+        fitted = torch.zeros_like(target, dtype=w.dtype)
+        n = min(cin, w.shape[1])
+        fitted[:, :n] = w[:, :n]
+        out[key] = fitted
+        v_key = key[: -len("orig")] + "v"
+        v = state[v_key].reshape(w.shape[1], k)
+        v_fit = torch.zeros(cin, k, dtype=v.dtype, device=v.device)
+        v_fit[:n] = v[:n]
+        out[v_key] = F.normalize(v_fit.reshape(-1), dim=0)
+    return out
 
 
 def stored_network(path: str | Path) -> dict | None:

@@ -30,6 +30,8 @@ class InpaintTrainConfig:
     w_hf: float = 0.0
     hf_cell: int = 16
     gender_consistent: bool = False
+    disc_sketch: bool = False
+    w_mismatch: float = 0.5
     l1_pool: int = 4
     amp: str = "auto"
     p_self: float = 0.45
@@ -115,6 +117,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train on what the product renders by default (the gender from the context up to ε 16): "
                              "swap partners of the same apparent gender, and noisy identities that keep the face's own "
                              "coordinate along the public gender direction")
+    parser.add_argument("--disc-sketch", action="store_true", default=d.disc_sketch,
+                        help="the discriminator also reads the landmark sketch (conditional), and real photos shown "
+                             "with another face's sketch and mask count as fakes (matching-aware): a render must "
+                             "follow the sketch's mouth, eyes and pose, not only look real; a checkpoint without it "
+                             "is extended with zero weights on the new channels")
+    parser.add_argument("--w-mismatch", type=float, default=d.w_mismatch,
+                        help="with --disc-sketch: weight of the mismatched (photo, other sketch) pairs in the "
+                             "discriminator's loss")
     parser.add_argument("--l1-pool", type=int, default=d.l1_pool,
                         help="L1 between PxP average-pooled output and target (1: per pixel); the inner face is never "
                              "seen, so a per-pixel target pulls fine detail to the mean")
