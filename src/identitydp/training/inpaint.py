@@ -25,7 +25,11 @@ Losses (weights in :class:`~identitydp.training.options.InpaintTrainConfig`):
   a noised vector need not be any face's, and the swap rows by ``--w-id-swap``, since another
   face's identity can contradict the context it is painted into); one recognizer pass serves
   ``perc`` and ``id``;
-* ``adv``: hinge loss of a two-scale PatchGAN that sees the composite and the mask;
+* ``adv``: hinge loss of a two-scale PatchGAN that sees the composite and the mask; with
+  ``--disc-sketch`` also the landmark sketch, and the discriminator is shown real photos with
+  another face's sketch and mask as fakes (``--w-mismatch``), so that it checks whether the
+  face follows the geometry it was given (mouth open or closed, gaze, pose) — the only loss
+  that asks that of the swap and noisy rows, which have no pixel target;
 * ``hf`` (``--w-hf``, off by default): a hinge on the repaint's high-frequency energy above the
   photo's (the eval's sharpness measure), over the whole region or per ``--hf-cell`` cell, against
   speckle that is not detail.
