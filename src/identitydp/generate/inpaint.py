@@ -12,9 +12,9 @@ only from the (noisy) identity vector, as IdentityDP prescribes:
   line drawing of the 68 landmarks (at inference by default their 2 leading public shape modes:
   head pose and face length, not the expression) (:func:`landmark_sketch`, five channels: jaw, brows, nose,
   eyes, mouth), and **coarse lighting/colour** (:func:`coarse_colour`: the inner face averaged
-  over a G×G grid of the crop, ``InpaintConfig.colour_grid``: 2 in the shipped weights since
-  2026-12-07, 4 before, when those cells were the renderer input that carried the most of what an
-  independent judge saw at ε = 1, docs/results/leak-attribution);
+  over a G×G grid of the crop, ``InpaintConfig.colour_grid``: 1 — one mean colour — in the shipped
+  weights since v2z, 2026-12-07; 4 before v2x, when those cells were the renderer input that
+  carried the most of what an independent judge saw at ε = 1, docs/results/leak-attribution);
 * the **identity** ``z`` (the centred unit dlib descriptor, the DP release) drives every decoder
   level through a mapping network and StyleGAN2 weight modulation/demodulation, and per-pixel
   noise inputs give the renderer its own fine texture (skin, hair) — no fine detail comes from

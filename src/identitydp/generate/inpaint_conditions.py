@@ -66,10 +66,12 @@ class InpaintConfig:
             projected onto the k leading modes of a public shape model (pose first, then face shape and mouth),
             so the fine shape of eyes, nose, mouth and jaw — identity — is not given to the
             renderer. The model (mean + modes, fitted on training faces) is part of the weights.
-        colour_grid: side of the coarse-colour grid over the crop. 2 since 2026-12-07: on a 4×4
-            grid (about 3×3 cells on the inner face) the cell means were the renderer input that
-            carried the most of what an independent judge read at ε = 1 (docs/results/leak-attribution).
-            Every exported renderer records its own value in its ``net`` metadata.
+        colour_grid: side of the coarse-colour grid over the crop. 1 (one mean colour of the
+            inner face: 3 numbers) in the shipped weights since v2z, 2026-12-07; 4 before v2x: on
+            a 4×4 grid (about 3×3 cells on the inner face) the cell means were the renderer input
+            that carried the most of what an independent judge read at ε = 1
+            (docs/results/leak-attribution). Every exported renderer records its own value in its
+            ``net`` metadata.
     """
 
     size: int = 128
@@ -83,7 +85,7 @@ class InpaintConfig:
     mask_grow: float = 0.0
     mask_convex: bool = False
     shape_components: int = 0
-    colour_grid: int = 2
+    colour_grid: int = 1
 
     def __post_init__(self) -> None:
         if self.size < 64 or self.size & (self.size - 1):
