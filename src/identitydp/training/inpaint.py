@@ -566,12 +566,12 @@ class InpaintTrainer(TimedTrainer):
             return {k[len(prefix):]: v.float() if v.is_floating_point() else v for k, v in tensors.items() if k.startswith(prefix)}
 
         _load_matching(self.G, part("G."))
-        stored_d = part("D.")
-        self.D.load_state_dict(_fit_disc_inputs(stored_d, self.D.state_dict()))
-        cin = {k: int(v.shape[1]) for k, v in stored_d.items() if k.endswith(".0.weight_orig")}
-        if any(n != 4 + self.D.sketch_channels for n in cin.values()):
+        stored_d, own_d = part("D."), self.D.state_dict()
+        self.D.load_state_dict(_fit_disc_inputs(stored_d, own_d))
+        first = [k for k in own_d if k.endswith(".0.weight_orig") and k in stored_d]
+        if any(stored_d[k].shape[1] != own_d[k].shape[1] for k in first):
             # Visible in the log: a chained run that forgot --disc-sketch drops the sketch inputs.
-            self.event("discriminator_inputs", stored=max(cin.values()), now=4 + self.D.sketch_channels)
+            self.event("discriminator_inputs", stored=int(stored_d[first[0]].shape[1]), now=int(own_d[first[0]].shape[1]))
         self._init_has_shape = _load_matching(self.G_ema, part("G_ema.") if any(k.startswith("G_ema.") for k in keys) else part("G."))
         self._set_id_mean(tensors["id_mean"])
         self.step = int(meta.get("step", 0))
