@@ -604,3 +604,70 @@ def test_train_command_stops_cleanly_on_sigterm(v2_bundle, tmp_path) -> None:
     assert "train" in events and "stop_requested" in events and events[-1] == "done", events
     for name in ("ckpt_full.safetensors", "ckpt_fp16.safetensors", "generator_fp16.safetensors", "log.jsonl"):
         assert (out / name).is_file(), name
+
+
+def test_mouth_model_keeps_the_mouths_own_opening(real_crop, tmp_path) -> None:
+    """With ``mouth_components`` the sketch's mouth is the face's own mouth shape on the leading
+    modes of a public mouth model, placed where the shape modes put the mouth: an opening mouth
+    opens in the sketch, while the rest of the face (and the mouth's position) stays on the shape
+    modes. The mouth model ships in the weights, is read by the anonymizer, and a file that
+    declares one but lacks it is refused."""
+    from identitydp.errors import WeightsError
+    from identitydp.generate.anonymizer import IdentityDPAnonymizer
+    from identitydp.generate.checkpoint import export_generator, load_generator
+    from identitydp.generate.inpaint_conditions import MOUTH, project_shape
+    from identitydp.training.inpaint import _load_matching, fit_mouth_model, fit_shape_model
+
+    crop, lm68 = real_crop
+    with pytest.raises(ValueError, match="mouth_components"):
+        InpaintConfig(size=128, **SMALL, mouth_components=2)
+    rng = np.random.default_rng(0)
+    faces = lm68[None] + rng.normal(0, 1.5, (300, 68, 2))
+    opening = rng.uniform(0, 8, 300)
+    lower_lip = [55, 56, 57, 58, 59, 64, 65, 66, 67]
+    faces[:, lower_lip, 1] += opening[:, None]  # the jaw drops: lower lip down by 0–8 px
+    cfg = InpaintConfig(size=128, **SMALL, mask_lift=1.0, mask_grow=0.06, mask_convex=True, shape_components=4,
+                        mouth_components=3)
+    g = InpaintGenerator(cfg)
+    shape, mouth = fit_shape_model(faces, 128, 4), fit_mouth_model(faces, 128, 3)
+    g.shape_mean.copy_(torch.from_numpy(shape[0]))
+    g.shape_basis.copy_(torch.from_numpy(shape[1]))
+    g.mouth_mean.copy_(torch.from_numpy(mouth[0]))
+    g.mouth_basis.copy_(torch.from_numpy(mouth[1]))
+    assert np.allclose(mouth[1] @ mouth[1].T, np.eye(3), atol=1e-9)
+
+    def gap(points: np.ndarray) -> float:  # inner lips: bottom (66) below top (62), px
+        return float(points[66, 1] - points[62, 1])
+
+    closed, wide = faces[np.argmin(opening)], faces[np.argmax(opening)]
+    for face, drop in ((closed, opening.min()), (wide, opening.max())):
+        geometry = g.sketch_geometry(face)
+        on_shape = project_shape(face, *shape, 128)
+        assert np.allclose(geometry[:48], on_shape[:48])  # everything but the mouth: shape modes only
+        assert np.allclose(geometry[MOUTH].mean(0), on_shape[MOUTH].mean(0))  # placed by the shape modes
+        assert abs(gap(geometry) - (gap(lm68) + drop)) < 1.5  # the mouth's own opening, without the jitter
+    assert gap(g.sketch_geometry(wide)) - gap(g.sketch_geometry(closed)) > 5.0
+
+    path = tmp_path / "g.safetensors"
+    export_generator(g, torch.zeros(128), path, {"margin": 0.25})
+    loaded, _, _ = load_generator(path)
+    assert loaded.cfg.mouth_components == 3 and np.allclose(loaded.sketch_geometry(wide), g.sketch_geometry(wide))
+    anonymizer = IdentityDPAnonymizer(epsilon=1.0, seed=0, weights=path, shape_modes=4)
+    assert anonymizer._mouth_model[1].shape == (3, 40)
+    # Starting a mouth-model network from weights without one: the shape model loads, the mouth
+    # model is fitted by the trainer; from one with it, both load.
+    plain = InpaintGenerator(InpaintConfig(size=128, **SMALL, mask_lift=1.0, mask_grow=0.06, mask_convex=True,
+                                           shape_components=4))
+    assert _load_matching(InpaintGenerator(cfg), plain.state_dict()) == {"shape"}
+    assert _load_matching(InpaintGenerator(cfg), g.state_dict()) == {"shape", "mouth"}
+
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    with safe_open(str(path), "np") as fh:
+        tensors = {k: fh.get_tensor(k) for k in fh.keys() if not k.startswith("mouth_")}
+        meta = fh.metadata()
+    broken = tmp_path / "broken.safetensors"
+    save_file(tensors, str(broken), metadata=meta)
+    with pytest.raises(WeightsError, match="mouth model"):
+        IdentityDPAnonymizer(epsilon=1.0, seed=0, weights=broken)

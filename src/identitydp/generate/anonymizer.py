@@ -428,12 +428,18 @@ class IdentityDPAnonymizer(FaceAnonymizer):
 
         self.v2_config = InpaintConfig(**json.loads(self.meta["net"]))
         self._shape_model = None
+        self._mouth_model = None
         if self.v2_config.shape_components > 0:
             with safe_open(str(path), framework="numpy") as fh:
                 if "shape_mean" not in fh.keys() or "shape_basis" not in fh.keys():
                     raise WeightsError(f"{path} declares a shape model but does not hold it")
                 self._shape_model = (fh.get_tensor("shape_mean").astype(np.float64),
                                      fh.get_tensor("shape_basis").astype(np.float64))
+                if self.v2_config.mouth_components > 0:
+                    if "mouth_mean" not in fh.keys() or "mouth_basis" not in fh.keys():
+                        raise WeightsError(f"{path} declares a mouth model but does not hold it")
+                    self._mouth_model = (fh.get_tensor("mouth_mean").astype(np.float64),
+                                         fh.get_tensor("mouth_basis").astype(np.float64))
         trained = self.v2_config.shape_components
         if shape_modes is None:
             shape_modes = min(DEFAULT_SHAPE_MODES, trained)
@@ -529,6 +535,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             "sharpen": self.sharpen if self.inpainting else None,
             "truncation": self.truncation if self.inpainting else None,
             "shape_modes": self.shape_modes if self.inpainting else None,
+            # The mouth's own shape on this many public modes (0: the mouth follows the shape modes).
+            "mouth_modes": self.v2_config.mouth_components if self.inpainting else None,
             "gender_from_context": self.gender_from_context or None,
             "backend": self.backend,
             "precision": self.precision,
@@ -609,7 +617,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             ((S, S, 3) uint8 composite crop, (S, S) float32 paste mask in [0, 1]).
         """
         from ..blend import match_grain, multiband_blend
-        from .inpaint_conditions import landmark_sketch, mask_for, project_shape
+        from .inpaint_conditions import landmark_sketch, mask_for, sketch_geometry
 
         if not self.inpainting:
             raise RuntimeError("inpaint() needs a v2 renderer")
@@ -617,8 +625,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         lm68 = self.landmarks68.predict(crop, self._lm_box) if landmarks68 is None else landmarks68
         # The region and the geometry exactly as the renderer was trained with (its config).
         mask = mask_for(self.v2_config, lm68)
-        geometry = lm68 if self._shape_model is None else project_shape(lm68, *self._shape_model, self.size)
-        sketch = landmark_sketch(geometry, self.size)
+        sketch = landmark_sketch(sketch_geometry(lm68, self.size, self._shape_model, self._mouth_model), self.size)
         if noise_seed is None:
             noise_seed = secrets.randbits(62)
         x = (np.ascontiguousarray(crop, np.float32).transpose(2, 0, 1)[None] / np.float32(127.5) - 1).astype(np.float32)

@@ -53,8 +53,9 @@ def export_generator(model: nn.Module, id_mean: torch.Tensor, path: str | Path, 
 
 
 def keeps_fp16(name: str, value: torch.Tensor) -> bool:
-    """Whether an exported tensor is stored in fp16: weights are; the v2 shape model (a few kB, used in geometry) stays exact."""
-    return value.is_floating_point() and not name.split(".")[-1].startswith("shape_")
+    """Whether an exported tensor is stored in fp16: weights are; the v2 shape and mouth models
+    (a few kB, used in geometry) stay exact."""
+    return value.is_floating_point() and not name.split(".")[-1].startswith(("shape_", "mouth_"))
 
 
 def read_metadata(path: str | Path) -> dict:

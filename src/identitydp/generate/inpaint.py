@@ -46,7 +46,9 @@ from .inpaint_conditions import (  # noqa: F401 - re-exported: the network's con
     inner_face_polygon,
     landmark_sketch,
     mask_for,
+    project_mouth,
     project_shape,
+    sketch_geometry,
 )
 
 
@@ -212,6 +214,10 @@ class InpaintGenerator(nn.Module):
             # Public shape model, in 128-px crop coordinates (set by the trainer, shipped in the weights).
             self.register_buffer("shape_mean", torch.zeros(136, dtype=torch.float64))
             self.register_buffer("shape_basis", torch.zeros(cfg.shape_components, 136, dtype=torch.float64))
+        if cfg.mouth_components > 0:
+            # Public model of the centred mouth shape (InpaintConfig.mouth_components), 128-px units.
+            self.register_buffer("mouth_mean", torch.zeros(40, dtype=torch.float64))
+            self.register_buffer("mouth_basis", torch.zeros(cfg.mouth_components, 40, dtype=torch.float64))
         # (w_dim,) mean style of the training identities, for the truncation trick (see forward);
         # set by the trainer at export and by the loader, not a learned or trained-state tensor.
         self.style_mean: torch.Tensor | None = None
@@ -229,12 +235,16 @@ class InpaintGenerator(nn.Module):
         """The landmarks the sketch is drawn from: (68, 2) → (68, 2), crop pixels at this size.
 
         With ``shape_components`` = k > 0, the projection onto the k leading modes of the shape
-        model (see :class:`InpaintConfig`); else the landmarks themselves.
+        model, with ``mouth_components`` = m > 0 the mouth's own shape on m mouth modes (see
+        :class:`InpaintConfig`); else the landmarks themselves.
         """
-        lm = np.asarray(landmarks68, np.float64)
         if self.cfg.shape_components <= 0:
-            return lm
-        return project_shape(lm, self.shape_mean.detach().cpu().numpy(), self.shape_basis.detach().cpu().numpy(), self.cfg.size)
+            return np.asarray(landmarks68, np.float64)
+        shape = (self.shape_mean.detach().cpu().numpy(), self.shape_basis.detach().cpu().numpy())
+        mouth = None
+        if self.cfg.mouth_components > 0:
+            mouth = (self.mouth_mean.detach().cpu().numpy(), self.mouth_basis.detach().cpu().numpy())
+        return sketch_geometry(landmarks68, self.cfg.size, shape, mouth)
 
     def noise_sides(self) -> list[int]:
         """Side of each per-pixel noise map, in the order :meth:`forward`'s ``noise`` takes them."""

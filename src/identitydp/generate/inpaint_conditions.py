@@ -72,6 +72,12 @@ class InpaintConfig:
             that carried the most of what an independent judge read at ε = 1
             (docs/results/leak-attribution). Every exported renderer records its own value in its
             ``net`` metadata.
+        mouth_components: 0: the mouth is drawn like the rest of the face (shape modes or own
+            landmarks); m > 0 (needs ``shape_components`` > 0): its 20 points are the face's own
+            mouth *shape* (centred on its centroid) projected onto the m leading modes of a
+            public mouth model (opening, width, corner lift, …: what an expression changes),
+            placed at the shape-projected mouth's centroid, so the position still says only
+            what the face's shape modes say. Fitted on training faces, part of the weights.
     """
 
     size: int = 128
@@ -86,10 +92,14 @@ class InpaintConfig:
     mask_convex: bool = False
     shape_components: int = 0
     colour_grid: int = 1
+    mouth_components: int = 0
 
     def __post_init__(self) -> None:
         if self.size < 64 or self.size & (self.size - 1):
             raise ValueError(f"crop size must be a power of two >= 64, got {self.size}")
+        if self.mouth_components < 0 or (self.mouth_components > 0 and self.shape_components <= 0):
+            raise ValueError(f"mouth_components needs shape_components > 0, got {self.mouth_components} "
+                             f"with {self.shape_components}")
         if len(self.channels) < self.levels:
             raise ValueError(f"need {self.levels} channel entries for size {self.size}, got {len(self.channels)}")
 
@@ -187,6 +197,40 @@ def landmark_sketch(landmarks68: np.ndarray, size: int, thickness: float = 0.012
         small = cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
         out[ch] = cv2.GaussianBlur(small, (0, 0), 0.6 * size / 128)
     return np.clip(out * 1.5, 0.0, 1.0)
+
+
+#: The 20 mouth points of the 68-point markup (outer and inner lips).
+MOUTH = slice(48, 68)
+
+
+def sketch_geometry(landmarks68: np.ndarray, size: int, shape_model: tuple[np.ndarray, np.ndarray] | None,
+                    mouth_model: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """The points a v2 renderer's sketch is drawn from: (68, 2) crop pixels at ``size`` → (68, 2).
+
+    Args:
+        landmarks68: the face's own landmarks.
+        shape_model: ``(mean (136,), basis (k, 136))`` of the public shape model in 128-px crop
+            coordinates (None: the landmarks themselves are drawn).
+        mouth_model: ``(mean (40,), basis (m, 40))``, a public model of the *centred* mouth shape
+            in 128-px units (None: the mouth follows the shape model like every other point).
+    """
+    lm = np.asarray(landmarks68, np.float64)
+    if shape_model is None:
+        return lm
+    geometry = project_shape(lm, *shape_model, size)
+    if mouth_model is not None:
+        geometry[MOUTH] = geometry[MOUTH].mean(0) + project_mouth(lm, *mouth_model, size)
+    return geometry
+
+
+def project_mouth(landmarks68: np.ndarray, mean: np.ndarray, basis: np.ndarray, size: int) -> np.ndarray:
+    """(68, 2) landmarks in crop pixels at ``size`` → (20, 2) their mouth shape, centred on its
+    centroid, projected onto a public mouth model's m leading modes (``mean`` (40,), ``basis``
+    (m, 40), 128-px units)."""
+    scale = size / 128.0
+    mouth = np.asarray(landmarks68, np.float64)[MOUTH]
+    flat = ((mouth - mouth.mean(0)) / scale).reshape(-1) - mean
+    return ((mean + basis.T @ (basis @ flat)) * scale).reshape(20, 2)
 
 
 def project_shape(landmarks68: np.ndarray, mean: np.ndarray, basis: np.ndarray, size: int) -> np.ndarray:

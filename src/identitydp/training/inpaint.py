@@ -199,6 +199,8 @@ def precompute_conditions(landmarks68: np.ndarray, G: InpaintGenerator, threads:
         tag = f"l{c.mask_lift:g}g{c.mask_grow:g}c{int(c.mask_convex)}k{c.shape_components}"
         if c.shape_components > 0:
             tag += "-" + hashlib.sha256(G.shape_basis.detach().cpu().numpy().tobytes()).hexdigest()[:10]
+        if c.mouth_components > 0:
+            tag += f"m{c.mouth_components}-" + hashlib.sha256(G.mouth_basis.detach().cpu().numpy().tobytes()).hexdigest()[:10]
         cache = cache.with_name(cache.name.replace(".npz", f".{tag}.npz"))
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
@@ -225,6 +227,18 @@ def fit_shape_model(landmarks68: np.ndarray, size: int, k: int) -> tuple[np.ndar
     mean = flat.mean(0)
     _, _, vt = np.linalg.svd(flat - mean, full_matrices=False)
     return mean, vt[:k]
+
+
+def fit_mouth_model(landmarks68: np.ndarray, size: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (40,) and the m leading principal modes (m, 40) of training faces' mouth shapes, each
+    centred on its own centroid, in 128-px crop units (public training data only): on the v2
+    bundle the first four are width against opening, a sideways shift, opening with the corners
+    down, and the corners' tilt (96 % of the variance with five)."""
+    mouth = np.asarray(landmarks68, np.float64)[:, 48:68] * (128.0 / size)
+    flat = (mouth - mouth.mean(1, keepdims=True)).reshape(len(mouth), -1)
+    mean = flat.mean(0)
+    _, _, vt = np.linalg.svd(flat - mean, full_matrices=False)
+    return mean, vt[:m]
 
 
 class InpaintTrainer(TimedTrainer):
@@ -305,7 +319,7 @@ class InpaintTrainer(TimedTrainer):
         self._last_eval: dict = {}
         self._last_eval_outputs = None
         self.judge = self._load_judge()
-        self._init_has_shape = False
+        self._init_has: set[str] = set()
         if cfg.resume:
             self.load_full(cfg.resume)
         elif cfg.init:
@@ -313,12 +327,17 @@ class InpaintTrainer(TimedTrainer):
         if self.net_cfg.shape_components > 0:
             # The public shape model is fitted here, on the training faces, and ships in the weights;
             # a resumed or initialised run keeps the one it was trained with.
-            if not cfg.resume and not (cfg.init and self._init_has_shape):
-                mean, basis = fit_shape_model(self.data.landmarks68[~self.data.heldout].cpu().numpy(),
-                                              self.data.size, self.net_cfg.shape_components)
+            train_landmarks = self.data.landmarks68[~self.data.heldout].cpu().numpy()
+            if not cfg.resume and "shape" not in self._init_has:
+                mean, basis = fit_shape_model(train_landmarks, self.data.size, self.net_cfg.shape_components)
                 for g in (self.G, self.G_ema):
                     g.shape_mean.copy_(torch.from_numpy(mean))
                     g.shape_basis.copy_(torch.from_numpy(basis))
+            if self.net_cfg.mouth_components > 0 and not cfg.resume and "mouth" not in self._init_has:
+                mean, basis = fit_mouth_model(train_landmarks, self.data.size, self.net_cfg.mouth_components)
+                for g in (self.G, self.G_ema):
+                    g.mouth_mean.copy_(torch.from_numpy(mean))
+                    g.mouth_basis.copy_(torch.from_numpy(basis))
         t0 = time.time()
         # On a GPU box the maps take seconds to draw on its many cores, and writing a multi-GB cache
         # would eat a time-boxed window; on the CPU the cache saves a minute per restart.
@@ -328,7 +347,7 @@ class InpaintTrainer(TimedTrainer):
         self.sketches = torch.from_numpy(sketches).to(self.device)
         self.event("conditions", seconds=round(time.time() - t0, 1), mask_area=round(float(self.masks.float().mean() / 255), 3),
                    mask_lift=self.net_cfg.mask_lift, mask_grow=self.net_cfg.mask_grow, mask_convex=self.net_cfg.mask_convex,
-                   shape_components=self.net_cfg.shape_components)
+                   shape_components=self.net_cfg.shape_components, mouth_components=self.net_cfg.mouth_components)
         self.G_run, self.D_run = self.G, self.D
         if cfg.compile:
             self.G_run, self.D_run = torch.compile(self.G), torch.compile(self.D)
@@ -556,7 +575,7 @@ class InpaintTrainer(TimedTrainer):
         if not any(k.startswith("D.") for k in keys):
             model, id_mean, _ = load_generator(path, device=self.device)
             _load_matching(self.G, model.state_dict())
-            self._init_has_shape = _load_matching(self.G_ema, model.state_dict())
+            self._init_has = _load_matching(self.G_ema, model.state_dict())
             self._set_id_mean(id_mean)
             self.event("initialised", path=str(path), discriminator="fresh")
             return
@@ -572,7 +591,7 @@ class InpaintTrainer(TimedTrainer):
         if any(stored_d[k].shape[1] != own_d[k].shape[1] for k in first):
             # Visible in the log: a chained run that forgot --disc-sketch drops the sketch inputs.
             self.event("discriminator_inputs", stored=int(stored_d[first[0]].shape[1]), now=int(own_d[first[0]].shape[1]))
-        self._init_has_shape = _load_matching(self.G_ema, part("G_ema.") if any(k.startswith("G_ema.") for k in keys) else part("G."))
+        self._init_has = _load_matching(self.G_ema, part("G_ema.") if any(k.startswith("G_ema.") for k in keys) else part("G."))
         self._set_id_mean(tensors["id_mean"])
         self.step = int(meta.get("step", 0))
         self.images_seen = int(meta.get("images_seen", 0))
@@ -635,29 +654,37 @@ def _network_options(cfg: InpaintTrainConfig) -> dict:
     return net
 
 
-def _load_matching(module: torch.nn.Module, state: dict) -> bool:
-    """Load weights whose config may differ only in conditioning (mask, shape model): every
-    learned tensor must match; the shape-model buffers may be absent (they are fitted).
+def _load_matching(module: torch.nn.Module, state: dict) -> set[str]:
+    """Load weights whose config may differ only in conditioning (mask, shape and mouth models):
+    every learned tensor must match; the shape- and mouth-model buffers may be absent (they are
+    fitted).
 
-    A checkpoint whose shape model has more modes than this network's gives its leading ones
-    (principal modes are nested: the k-mode model of the same faces is their first k rows).
+    A checkpoint whose shape (or mouth) model has more modes than this network's gives its
+    leading ones (principal modes are nested: the k-mode model of the same faces is their first
+    k rows).
 
     Returns:
-        whether the shape model came from the checkpoint (else the caller fits it).
+        the conditioning models that came from the checkpoint (``"shape"``, ``"mouth"``); the
+        caller fits the others.
     """
     own = module.state_dict()
-    missing = [k for k in own if k not in state and not k.startswith("shape_")]
+    missing = [k for k in own if k not in state and not k.startswith(("shape_", "mouth_"))]
     if missing:
         raise ValueError(f"checkpoint lacks {missing[:5]}{'…' if len(missing) > 5 else ''}")
     load = {k: state[k].to(own[k].dtype) for k in own if k in state}
-    if "shape_basis" in load and load["shape_basis"].shape != own["shape_basis"].shape:
-        if load["shape_basis"].shape[0] >= own["shape_basis"].shape[0] and load["shape_basis"].shape[1:] == own["shape_basis"].shape[1:]:
-            load["shape_basis"] = load["shape_basis"][: own["shape_basis"].shape[0]].clone()
-        else:
-            load.pop("shape_basis")
-            load.pop("shape_mean", None)
+    loaded = set()
+    for model in ("shape", "mouth"):
+        basis, mean = f"{model}_basis", f"{model}_mean"
+        if basis in load and load[basis].shape != own[basis].shape:
+            if load[basis].shape[0] >= own[basis].shape[0] and load[basis].shape[1:] == own[basis].shape[1:]:
+                load[basis] = load[basis][: own[basis].shape[0]].clone()
+            else:
+                load.pop(basis)
+                load.pop(mean, None)
+        if basis in load and mean in load:
+            loaded.add(model)
     module.load_state_dict(load, strict=False)
-    return "shape_basis" in load
+    return loaded
 
 
 def run_from_args(args: argparse.Namespace) -> int:
