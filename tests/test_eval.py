@@ -149,6 +149,11 @@ def test_quick_run_sanity(quick_run):
     # attacks: a released original is linked to its person's other released photo, and the
     # exact gallery-size curve ends at the run's own rank-1 and never rises with more people
     assert _value(results, "noop", "linkage_rank1", "dlib") >= 0.90
+    # linkage averages both directions over each draw of the anonymized gallery (one draw for a
+    # deterministic method: two comparisons)
+    link = [l for l in latest_batches(results)["mask"] if l["metric"] == "linkage_rank1" and l["judge"] == "mobileface"][0]
+    assert link["extra"]["comparisons"] == 2 == len(link["extra"]["counts"])
+    assert link["value"] == pytest.approx(sum(link["extra"]["counts"]) / (2 * 100))
     assert _value(results, "noop", "attacker_rank1", "dlib") >= _value(results, "noop", "rank1", "dlib") - 0.03
     for setting in ("noop", "mask", "blur:sigma=0.2"):
         curve = [l for l in latest_batches(results)[setting] if l["metric"] == "rank1_vs_gallery" and l["judge"] == "mobileface"][0]
@@ -167,7 +172,7 @@ def test_quick_run_sanity(quick_run):
     curve = json.loads((quick_run / "privacy_curve.json").read_text())
     assert curve["format"].startswith("identitydp-privacy-curve") and curve["floor_mask"]["mobileface"]["rank1"]["n"] == 100
     report = (quick_run / "report.md").read_text()
-    assert "| blur | sigma=0.2 |" in report and "## Attacks" in report
+    assert "| blur | sigma=0.2 |" in report and "## Attacks" in report and "both directions" in report
     assert json.loads((quick_run / "config.json").read_text())["people"] == 100
 
 

@@ -218,12 +218,16 @@ def _attack_section(res: RunResults, settings: list[str], judges: list[str]) -> 
     chance = res.value(REFERENCE, "chance_rank1")
     att = next((res.get(s, "attacker_rank1", j) for s in settings for j in judges if res.get(s, "attacker_rank1", j)), None)
     pairs = att["extra"].get("train_pairs") if att else None
+    averaged = any((res.get(s, "linkage_rank1", j) or {}).get("extra", {}).get("comparisons") for s in settings for j in judges)
+    linkage_how = (", the mean over both directions (image 1 among the anonymized image 2s, and back) and each draw of the "
+                   "anonymized gallery: 4 comparisons for randomized methods, 2 for deterministic ones") if averaged else ""
     out = ["## Attacks (lower is better)", "",
            "Rank-1 re-identification (chance " + (f"{100 * chance:.2f} %" if chance else "1/P") + ") under stronger attackers "
            "(`identitydp.eval.attacks`): **direct** = the anonymized probe against the original gallery (the Privacy table); "
            "**linkage** = against image 2 of every person *anonymized* by the same method (can released faces be linked to each "
-           "other?); **parrot** = against the attacker's own original gallery run through the same method and setting, two draws "
-           "averaged per face for randomized methods (one draw for deterministic ones: then it equals linkage); **trained** = "
+           "other?)" + linkage_how + "; **parrot** = against the attacker's own original gallery run through the same method "
+           "and setting, two draws averaged per face for randomized methods (one draw for deterministic ones: then it equals "
+           "linkage's first comparison); **trained** = "
            "a ridge adapter from anonymized to original embeddings, fitted on "
            + (f"{pairs} " if pairs else "") + "(original, anonymized) pairs of public *training* faces (UTKFace, never LFW) "
            "made with the same method and setting, applied to the probes, against the original gallery. "
