@@ -14,6 +14,8 @@
 #   scripts/train_gpu.sh $OUT 9 --init PATH
 # the shipped line (v2z, sketch-aware discriminator):
 #   scripts/train_gpu.sh $OUT 9 --init docs/training/cpu-2026-12-07h/v2z_ckpt_fp16.safetensors --disc-sketch
+# the mouth line (v2zm, not shipped; the sketch's mouth from the face's own mouth shape):
+#   scripts/train_gpu.sh $OUT 9 --init docs/training/cpu-2026-12-07i/v2zm_ckpt_fp16.safetensors --disc-sketch
 # Defaults here: BUNDLE = .data/v2_256.npz if present (256-px crops), else .data/v2_128.npz (128 px),
 # batch 32, the GPU channel widths below for a fresh run (NET; a run chained with --init or
 # --resume takes its checkpoint's own network), bf16 autocast. COMPILE=--compile adds torch.compile
