@@ -653,7 +653,12 @@ def test_mouth_model_keeps_the_mouths_own_opening(real_crop, tmp_path) -> None:
     loaded, _, _ = load_generator(path)
     assert loaded.cfg.mouth_components == 3 and np.allclose(loaded.sketch_geometry(wide), g.sketch_geometry(wide))
     anonymizer = IdentityDPAnonymizer(epsilon=1.0, seed=0, weights=path, shape_modes=4)
-    assert anonymizer._mouth_model[1].shape == (3, 40)
+    assert anonymizer._mouth_model[1].shape == (2, 40) and anonymizer.describe()["mouth_modes"] == 2  # the default
+    assert IdentityDPAnonymizer(epsilon=1.0, seed=0, weights=path, mouth_modes=3)._mouth_model[1].shape == (3, 40)
+    with pytest.raises(ValueError, match="mouth_modes must be an integer from 1 to 3"):
+        IdentityDPAnonymizer(epsilon=1.0, seed=0, weights=path, mouth_modes=4)
+    with pytest.raises(ValueError, match="no mouth model"):
+        IdentityDPAnonymizer(epsilon=1.0, seed=0, mouth_modes=1)  # the registered renderer has none
     # Starting a mouth-model network from weights without one: the shape model loads, the mouth
     # model is fitted by the trainer; from one with it, both load.
     plain = InpaintGenerator(InpaintConfig(size=128, **SMALL, mask_lift=1.0, mask_grow=0.06, mask_convex=True,

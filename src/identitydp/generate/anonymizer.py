@@ -54,6 +54,10 @@ DEFAULT_WEIGHTS_NAME = RENDERERS[DEFAULT_RENDERER]
 #: some mouth), 4 the mouth and pitch. Dropping 3 and 4 cut MobileFace's acceptance of ε = 1
 #: outputs on full LFW from 3.5 % to 1.2 % (docs/results/lfw-full-shape-modes).
 DEFAULT_SHAPE_MODES = 2
+#: Mouth-model modes a v2 renderer with a mouth model gets by default (capped at what it was
+#: trained with): on full LFW with v2zm at ε = 1, 1, 2 and 4 modes gave the same expression
+#: agreement (44.0 / 44.6 / 44.0 %) and 4 modes three more accepted pairs (20 vs 17 of 1,680).
+DEFAULT_MOUTH_MODES = 2
 PROJECTION_NAME = "identity_projection_k16"
 #: The paste may change pixels only inside the detector box enlarged by this fraction per side.
 PASTE_REGION = 0.25
@@ -209,6 +213,10 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             MobileFace accepted 3.5 % of ε = 1 outputs on full LFW with 4, 1.2 % with 2, at a
             landmark error of 0.064 vs 0.075 inter-ocular). Not a privacy mechanism: the modes
             kept are released as they are, like the context.
+        mouth_modes: v2 renderer trained with a mouth model (``mouth_components`` > 0; not the
+            registered one): how many of its leading modes the sketch's mouth shape is projected
+            onto (1 to what it was trained with; None: ``DEFAULT_MOUTH_MODES`` capped at that).
+            Released as they are, not private, like ``shape_modes``.
         precision: v1 renderer arithmetic on ONNX Runtime: ``"auto"`` (default: int8
             convolutions where ``scripts/quantize_renderer.py`` quantized the weights in use,
             else fp32), ``"int8"`` (required: a clear error otherwise) or ``"fp32"``. int8 is
@@ -245,6 +253,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         precision: str = "auto",
         truncation: float = 1.0,
         shape_modes: int | None = None,
+        mouth_modes: int | None = None,
         gender_from_context: bool = False,
         sharpen: float = 0.0,
     ) -> None:
@@ -318,10 +327,11 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self.color_match = color_match
         self.backend = "torch"
         self.shape_modes: int | None = None
+        self.mouth_modes: int | None = None
         if self.inpainting:
-            self._load_v2_conditioning(path, shape_modes)
-        elif shape_modes is not None:
-            raise ValueError("shape_modes is for the v2 renderer; v1 reads the whole face")
+            self._load_v2_conditioning(path, shape_modes, mouth_modes)
+        elif shape_modes is not None or mouth_modes is not None:
+            raise ValueError("shape_modes and mouth_modes are for the v2 renderer; v1 reads the whole face")
         elif self.gender_from_context:
             raise ValueError("gender_from_context reads what the v2 renderer reads of the crop; v1 reads the whole face")
         # v2 on ORT renders without truncation only (the graph has no style mean input).
@@ -419,7 +429,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             self._loader = threading.Thread(target=self._load_in_background, name="identitydp-load")
             self._loader.start()
 
-    def _load_v2_conditioning(self, path: Path, shape_modes: int | None = None) -> None:
+    def _load_v2_conditioning(self, path: Path, shape_modes: int | None = None, mouth_modes: int | None = None) -> None:
         """The v2 renderer's config and public shape model (its first ``shape_modes`` modes), read
         with NumPy (no torch)."""
         from safetensors import safe_open
@@ -452,6 +462,18 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             self.shape_modes = int(shape_modes)
             mean, basis = self._shape_model
             self._shape_model = (mean, basis[: self.shape_modes])
+        trained_mouth = self.v2_config.mouth_components
+        if mouth_modes is None:
+            mouth_modes = min(DEFAULT_MOUTH_MODES, trained_mouth)
+        elif trained_mouth == 0:
+            raise ValueError(f"{path.name} has no mouth model: mouth_modes does not apply")
+        elif isinstance(mouth_modes, bool) or not isinstance(mouth_modes, (int, np.integer)) or not 1 <= mouth_modes <= trained_mouth:
+            raise ValueError(f"mouth_modes must be an integer from 1 to {trained_mouth} (the modes {path.name} was trained "
+                             f"with), got {mouth_modes!r}")
+        self.mouth_modes = int(mouth_modes)
+        if self._mouth_model is not None:
+            mean, basis = self._mouth_model
+            self._mouth_model = (mean, basis[: self.mouth_modes])
 
     def _load_onnx_v2(self) -> None:
         """The v2 renderer and dlib on ONNX Runtime (no torch import); ``_onnx`` stays None if unavailable."""
@@ -536,7 +558,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             "truncation": self.truncation if self.inpainting else None,
             "shape_modes": self.shape_modes if self.inpainting else None,
             # The mouth's own shape on this many public modes (0: the mouth follows the shape modes).
-            "mouth_modes": self.v2_config.mouth_components if self.inpainting else None,
+            "mouth_modes": self.mouth_modes if self.inpainting else None,
             "gender_from_context": self.gender_from_context or None,
             "backend": self.backend,
             "precision": self.precision,
