@@ -122,6 +122,19 @@ def trained_shape_modes(weights: str | Path) -> int:
     return int(json.loads(meta["net"]).get("shape_components", 0))
 
 
+def _modes_argument(name: str, value, trained: int, default: int, absent: str, weights_name: str) -> int:
+    """A validated count of public modes (``shape_modes``, ``mouth_modes``): ``value`` from 1 to
+    ``trained``; None gives ``min(default, trained)``. Raises ValueError (``absent`` says why when
+    the renderer has no such model)."""
+    if value is None:
+        return min(default, trained)
+    if trained == 0:
+        raise ValueError(f"{absent}: {name} does not apply")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= trained:
+        raise ValueError(f"{name} must be an integer from 1 to {trained} (the modes {weights_name} was trained with), got {value!r}")
+    return int(value)
+
+
 class IdentityDPAnonymizer(FaceAnonymizer):
     """ε-IdentityDP face anonymizer.
 
@@ -450,30 +463,16 @@ class IdentityDPAnonymizer(FaceAnonymizer):
                         raise WeightsError(f"{path} declares a mouth model but does not hold it")
                     self._mouth_model = (fh.get_tensor("mouth_mean").astype(np.float64),
                                          fh.get_tensor("mouth_basis").astype(np.float64))
-        trained = self.v2_config.shape_components
-        if shape_modes is None:
-            shape_modes = min(DEFAULT_SHAPE_MODES, trained)
-        elif trained == 0:
-            raise ValueError(f"{path.name} draws the face's own landmarks (no shape model): shape_modes does not apply")
-        elif isinstance(shape_modes, bool) or not isinstance(shape_modes, (int, np.integer)) or not 1 <= shape_modes <= trained:
-            raise ValueError(f"shape_modes must be an integer from 1 to {trained} (the modes {path.name} was trained with), "
-                             f"got {shape_modes!r}")
+        if self.v2_config.shape_components or shape_modes is not None:
+            self.shape_modes = _modes_argument("shape_modes", shape_modes, self.v2_config.shape_components,
+                                               DEFAULT_SHAPE_MODES, f"{path.name} draws the face's own landmarks (no shape model)",
+                                               path.name)
+        self.mouth_modes = _modes_argument("mouth_modes", mouth_modes, self.v2_config.mouth_components,
+                                           DEFAULT_MOUTH_MODES, f"{path.name} has no mouth model", path.name)
         if self._shape_model is not None:
-            self.shape_modes = int(shape_modes)
-            mean, basis = self._shape_model
-            self._shape_model = (mean, basis[: self.shape_modes])
-        trained_mouth = self.v2_config.mouth_components
-        if mouth_modes is None:
-            mouth_modes = min(DEFAULT_MOUTH_MODES, trained_mouth)
-        elif trained_mouth == 0:
-            raise ValueError(f"{path.name} has no mouth model: mouth_modes does not apply")
-        elif isinstance(mouth_modes, bool) or not isinstance(mouth_modes, (int, np.integer)) or not 1 <= mouth_modes <= trained_mouth:
-            raise ValueError(f"mouth_modes must be an integer from 1 to {trained_mouth} (the modes {path.name} was trained "
-                             f"with), got {mouth_modes!r}")
-        self.mouth_modes = int(mouth_modes)
+            self._shape_model = (self._shape_model[0], self._shape_model[1][: self.shape_modes])
         if self._mouth_model is not None:
-            mean, basis = self._mouth_model
-            self._mouth_model = (mean, basis[: self.mouth_modes])
+            self._mouth_model = (self._mouth_model[0], self._mouth_model[1][: self.mouth_modes])
 
     def _load_onnx_v2(self) -> None:
         """The v2 renderer and dlib on ONNX Runtime (no torch import); ``_onnx`` stays None if unavailable."""

@@ -220,25 +220,26 @@ def precompute_conditions(landmarks68: np.ndarray, G: InpaintGenerator, threads:
     return masks, sketches
 
 
-def fit_shape_model(landmarks68: np.ndarray, size: int, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean (136,) and the k leading principal modes (k, 136) of training-face landmarks, in
-    128-px crop coordinates (public training data only)."""
-    flat = np.asarray(landmarks68, np.float64).reshape(len(landmarks68), -1) * (128.0 / size)
+def _principal_modes(flat: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(N, D) samples → their mean (D,) and k leading principal directions (k, D)."""
     mean = flat.mean(0)
     _, _, vt = np.linalg.svd(flat - mean, full_matrices=False)
     return mean, vt[:k]
+
+
+def fit_shape_model(landmarks68: np.ndarray, size: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (136,) and the k leading principal modes (k, 136) of training-face landmarks, in
+    128-px crop coordinates (public training data only)."""
+    return _principal_modes(np.asarray(landmarks68, np.float64).reshape(len(landmarks68), -1) * (128.0 / size), k)
 
 
 def fit_mouth_model(landmarks68: np.ndarray, size: int, m: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean (40,) and the m leading principal modes (m, 40) of training faces' mouth shapes, each
     centred on its own centroid, in 128-px crop units (public training data only): on the v2
     bundle the first four are width against opening, a sideways shift, opening with the corners
-    down, and the corners' tilt (96 % of the variance with five)."""
+    down, and the corners' tilt (90 % of the variance)."""
     mouth = np.asarray(landmarks68, np.float64)[:, 48:68] * (128.0 / size)
-    flat = (mouth - mouth.mean(1, keepdims=True)).reshape(len(mouth), -1)
-    mean = flat.mean(0)
-    _, _, vt = np.linalg.svd(flat - mean, full_matrices=False)
-    return mean, vt[:m]
+    return _principal_modes((mouth - mouth.mean(1, keepdims=True)).reshape(len(mouth), -1), m)
 
 
 class InpaintTrainer(TimedTrainer):
