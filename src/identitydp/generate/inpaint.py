@@ -39,6 +39,7 @@ from .inpaint_conditions import (  # noqa: F401 - re-exported: the network's con
     _SKETCH_GROUPS,
     FLIP68,
     INPUT_CHANNELS,
+    MOUTH,
     SKETCH_CHANNELS,
     InpaintConfig,
     flip_landmarks68,

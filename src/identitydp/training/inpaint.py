@@ -77,6 +77,7 @@ from ..generate.identity import (
     warp_theta,
 )
 from ..generate.inpaint import (
+    MOUTH,
     SKETCH_CHANNELS,
     InpaintConfig,
     InpaintGenerator,
@@ -238,7 +239,7 @@ def fit_mouth_model(landmarks68: np.ndarray, size: int, m: int) -> tuple[np.ndar
     centred on its own centroid, in 128-px crop units (public training data only): on the v2
     bundle the first four are width against opening, a sideways shift, opening with the corners
     down, and the corners' tilt (90 % of the variance)."""
-    mouth = np.asarray(landmarks68, np.float64)[:, 48:68] * (128.0 / size)
+    mouth = np.asarray(landmarks68, np.float64)[:, MOUTH] * (128.0 / size)
     return _principal_modes((mouth - mouth.mean(1, keepdims=True)).reshape(len(mouth), -1), m)
 
 
