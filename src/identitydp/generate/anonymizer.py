@@ -58,6 +58,11 @@ DEFAULT_SHAPE_MODES = 2
 #: trained with): on full LFW with v2zm at ε = 1, 1, 2 and 4 modes gave the same expression
 #: agreement (44.0 / 44.6 / 44.0 %) and 4 modes three more accepted pairs (20 vs 17 of 1,680).
 DEFAULT_MOUTH_MODES = 2
+#: Modes of each part model (mouth, brows, eyes: InpaintConfig.mouth_components, …) a v2 renderer
+#: with that model gets by default, capped at what it was trained with.
+DEFAULT_PART_MODES = {"mouth": DEFAULT_MOUTH_MODES, "brows": 2, "eyes": 1}
+#: The anonymizer argument that sets each part model's modes.
+PART_MODE_ARGUMENTS = {"mouth": "mouth_modes", "brows": "brow_modes", "eyes": "eye_modes"}
 PROJECTION_NAME = "identity_projection_k16"
 #: The paste may change pixels only inside the detector box enlarged by this fraction per side.
 PASTE_REGION = 0.25
@@ -123,7 +128,7 @@ def trained_shape_modes(weights: str | Path) -> int:
 
 
 def _modes_argument(name: str, value, trained: int, default: int, absent: str, weights_name: str) -> int:
-    """A validated count of public modes (``shape_modes``, ``mouth_modes``): ``value`` from 1 to
+    """A validated count of public modes (``shape_modes``, ``mouth_modes``, …): ``value`` from 1 to
     ``trained``; None gives ``min(default, trained)``. Raises ValueError (``absent`` says why when
     the renderer has no such model)."""
     if value is None:
@@ -230,6 +235,9 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             registered one): how many of its leading modes the sketch's mouth shape is projected
             onto (1 to what it was trained with; None: ``DEFAULT_MOUTH_MODES`` capped at that).
             Released as they are, not private, like ``shape_modes``.
+        brow_modes, eye_modes: the same for a renderer trained with a brow model (the brows
+            relative to the eyes: raised, lowered, knitted) or an eye model (how open the eyes
+            are); defaults in ``DEFAULT_PART_MODES``.
         precision: v1 renderer arithmetic on ONNX Runtime: ``"auto"`` (default: int8
             convolutions where ``scripts/quantize_renderer.py`` quantized the weights in use,
             else fp32), ``"int8"`` (required: a clear error otherwise) or ``"fp32"``. int8 is
@@ -267,6 +275,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         truncation: float = 1.0,
         shape_modes: int | None = None,
         mouth_modes: int | None = None,
+        brow_modes: int | None = None,
+        eye_modes: int | None = None,
         gender_from_context: bool = False,
         sharpen: float = 0.0,
     ) -> None:
@@ -340,11 +350,13 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self.color_match = color_match
         self.backend = "torch"
         self.shape_modes: int | None = None
-        self.mouth_modes: int | None = None
+        self.part_modes: dict[str, int] = {}
+        part_modes = {"mouth": mouth_modes, "brows": brow_modes, "eyes": eye_modes}
         if self.inpainting:
-            self._load_v2_conditioning(path, shape_modes, mouth_modes)
-        elif shape_modes is not None or mouth_modes is not None:
-            raise ValueError("shape_modes and mouth_modes are for the v2 renderer; v1 reads the whole face")
+            self._load_v2_conditioning(path, shape_modes, part_modes)
+        elif shape_modes is not None or any(v is not None for v in part_modes.values()):
+            raise ValueError("shape_modes, mouth_modes, brow_modes and eye_modes are for the v2 renderer; "
+                             "v1 reads the whole face")
         elif self.gender_from_context:
             raise ValueError("gender_from_context reads what the v2 renderer reads of the crop; v1 reads the whole face")
         # v2 on ORT renders without truncation only (the graph has no style mean input).
@@ -442,37 +454,47 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             self._loader = threading.Thread(target=self._load_in_background, name="identitydp-load")
             self._loader.start()
 
-    def _load_v2_conditioning(self, path: Path, shape_modes: int | None = None, mouth_modes: int | None = None) -> None:
-        """The v2 renderer's config and public shape model (its first ``shape_modes`` modes), read
-        with NumPy (no torch)."""
+    def _load_v2_conditioning(self, path: Path, shape_modes: int | None = None,
+                              part_modes: dict[str, int | None] | None = None) -> None:
+        """The v2 renderer's config, public shape model (its first ``shape_modes`` modes) and part
+        models (mouth, brows, eyes: the first ``part_modes[part]`` modes of each), read with
+        NumPy (no torch)."""
         from safetensors import safe_open
 
         from .inpaint_conditions import InpaintConfig
 
         self.v2_config = InpaintConfig(**json.loads(self.meta["net"]))
+        trained = self.v2_config.part_components
         self._shape_model = None
-        self._mouth_model = None
+        self._part_models: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         if self.v2_config.shape_components > 0:
             with safe_open(str(path), framework="numpy") as fh:
-                if "shape_mean" not in fh.keys() or "shape_basis" not in fh.keys():
-                    raise WeightsError(f"{path} declares a shape model but does not hold it")
-                self._shape_model = (fh.get_tensor("shape_mean").astype(np.float64),
-                                     fh.get_tensor("shape_basis").astype(np.float64))
-                if self.v2_config.mouth_components > 0:
-                    if "mouth_mean" not in fh.keys() or "mouth_basis" not in fh.keys():
-                        raise WeightsError(f"{path} declares a mouth model but does not hold it")
-                    self._mouth_model = (fh.get_tensor("mouth_mean").astype(np.float64),
-                                         fh.get_tensor("mouth_basis").astype(np.float64))
+                for model, count in {"shape": self.v2_config.shape_components, **trained}.items():
+                    if count <= 0:
+                        continue
+                    if f"{model}_mean" not in fh.keys() or f"{model}_basis" not in fh.keys():
+                        raise WeightsError(f"{path} declares a {model} model but does not hold it")
+                    pair = (fh.get_tensor(f"{model}_mean").astype(np.float64),
+                            fh.get_tensor(f"{model}_basis").astype(np.float64))
+                    if model == "shape":
+                        self._shape_model = pair
+                    else:
+                        self._part_models[model] = pair
         if self.v2_config.shape_components or shape_modes is not None:
             self.shape_modes = _modes_argument("shape_modes", shape_modes, self.v2_config.shape_components,
                                                DEFAULT_SHAPE_MODES, f"{path.name} draws the face's own landmarks (no shape model)",
                                                path.name)
-        self.mouth_modes = _modes_argument("mouth_modes", mouth_modes, self.v2_config.mouth_components,
-                                           DEFAULT_MOUTH_MODES, f"{path.name} has no mouth model", path.name)
+        for part, argument in PART_MODE_ARGUMENTS.items():
+            self.part_modes[part] = _modes_argument(argument, (part_modes or {}).get(part), trained[part],
+                                                    DEFAULT_PART_MODES[part], f"{path.name} has no {part} model", path.name)
         if self._shape_model is not None:
             self._shape_model = (self._shape_model[0], self._shape_model[1][: self.shape_modes])
-        if self._mouth_model is not None:
-            self._mouth_model = (self._mouth_model[0], self._mouth_model[1][: self.mouth_modes])
+        self._part_models = {part: (mean, basis[: self.part_modes[part]]) for part, (mean, basis) in self._part_models.items()}
+
+    @property
+    def mouth_modes(self) -> int | None:
+        """Modes of the mouth model the sketch uses (0: none; None: not a v2 renderer)."""
+        return self.part_modes.get("mouth")
 
     def _load_onnx_v2(self) -> None:
         """The v2 renderer and dlib on ONNX Runtime (no torch import); ``_onnx`` stays None if unavailable."""
@@ -556,8 +578,9 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             "sharpen": self.sharpen if self.inpainting else None,
             "truncation": self.truncation if self.inpainting else None,
             "shape_modes": self.shape_modes if self.inpainting else None,
-            # The mouth's own shape on this many public modes (0: the mouth follows the shape modes).
-            "mouth_modes": self.mouth_modes if self.inpainting else None,
+            # Each part's own shape on this many public modes (0: it follows the shape modes).
+            **{argument: self.part_modes.get(part) if self.inpainting else None
+               for part, argument in PART_MODE_ARGUMENTS.items()},
             "gender_from_context": self.gender_from_context or None,
             "backend": self.backend,
             "precision": self.precision,
@@ -646,7 +669,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         lm68 = self.landmarks68.predict(crop, self._lm_box) if landmarks68 is None else landmarks68
         # The region and the geometry exactly as the renderer was trained with (its config).
         mask = mask_for(self.v2_config, lm68)
-        sketch = landmark_sketch(sketch_geometry(lm68, self.size, self._shape_model, self._mouth_model), self.size)
+        sketch = landmark_sketch(sketch_geometry(lm68, self.size, self._shape_model, self._part_models), self.size)
         if noise_seed is None:
             noise_seed = secrets.randbits(62)
         x = (np.ascontiguousarray(crop, np.float32).transpose(2, 0, 1)[None] / np.float32(127.5) - 1).astype(np.float32)

@@ -53,9 +53,11 @@ def export_generator(model: nn.Module, id_mean: torch.Tensor, path: str | Path, 
 
 
 def keeps_fp16(name: str, value: torch.Tensor) -> bool:
-    """Whether an exported tensor is stored in fp16: weights are; the v2 shape and mouth models
+    """Whether an exported tensor is stored in fp16: weights are; the v2 shape and part models
     (a few kB, used in geometry) stay exact."""
-    return value.is_floating_point() and not name.split(".")[-1].startswith(("shape_", "mouth_"))
+    from .inpaint_conditions import CONDITIONING_PREFIXES
+
+    return value.is_floating_point() and not name.split(".")[-1].startswith(CONDITIONING_PREFIXES)
 
 
 def read_metadata(path: str | Path) -> dict:

@@ -40,6 +40,7 @@ from .inpaint_conditions import (  # noqa: F401 - re-exported: the network's con
     FLIP68,
     INPUT_CHANNELS,
     MOUTH,
+    PARTS,
     SKETCH_CHANNELS,
     InpaintConfig,
     flip_landmarks68,
@@ -47,7 +48,8 @@ from .inpaint_conditions import (  # noqa: F401 - re-exported: the network's con
     inner_face_polygon,
     landmark_sketch,
     mask_for,
-    project_mouth,
+    part_size,
+    project_part,
     project_shape,
     sketch_geometry,
 )
@@ -215,10 +217,13 @@ class InpaintGenerator(nn.Module):
             # Public shape model, in 128-px crop coordinates (set by the trainer, shipped in the weights).
             self.register_buffer("shape_mean", torch.zeros(136, dtype=torch.float64))
             self.register_buffer("shape_basis", torch.zeros(cfg.shape_components, 136, dtype=torch.float64))
-        if cfg.mouth_components > 0:
-            # Public model of the centred mouth shape (InpaintConfig.mouth_components), 128-px units.
-            self.register_buffer("mouth_mean", torch.zeros(40, dtype=torch.float64))
-            self.register_buffer("mouth_basis", torch.zeros(cfg.mouth_components, 40, dtype=torch.float64))
+        for part, count in cfg.part_components.items():
+            if count > 0:
+                # Public model of the part's shape (InpaintConfig.mouth_components, …), 128-px units;
+                # the mouth's keeps the names ``mouth_mean`` / ``mouth_basis`` of the files before.
+                n = part_size(part)
+                self.register_buffer(f"{part}_mean", torch.zeros(n, dtype=torch.float64))
+                self.register_buffer(f"{part}_basis", torch.zeros(count, n, dtype=torch.float64))
         # (w_dim,) mean style of the training identities, for the truncation trick (see forward);
         # set by the trainer at export and by the loader, not a learned or trained-state tensor.
         self.style_mean: torch.Tensor | None = None
@@ -236,16 +241,20 @@ class InpaintGenerator(nn.Module):
         """The landmarks the sketch is drawn from: (68, 2) → (68, 2), crop pixels at this size.
 
         With ``shape_components`` = k > 0, the projection onto the k leading modes of the shape
-        model, with ``mouth_components`` = m > 0 the mouth's own shape on m mouth modes (see
-        :class:`InpaintConfig`); else the landmarks themselves.
+        model, with ``mouth_components`` (``brow_components``, ``eye_components``) = m > 0 that
+        part's own shape on m modes of its model (see :class:`InpaintConfig`); else the landmarks
+        themselves.
         """
         if self.cfg.shape_components <= 0:
             return np.asarray(landmarks68, np.float64)
         shape = (self.shape_mean.detach().cpu().numpy(), self.shape_basis.detach().cpu().numpy())
-        mouth = None
-        if self.cfg.mouth_components > 0:
-            mouth = (self.mouth_mean.detach().cpu().numpy(), self.mouth_basis.detach().cpu().numpy())
-        return sketch_geometry(landmarks68, self.cfg.size, shape, mouth)
+        return sketch_geometry(landmarks68, self.cfg.size, shape, self.part_models())
+
+    def part_models(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Part name → (mean (2P,), basis (m, 2P)) float64, for each part model this network has."""
+        return {part: (getattr(self, f"{part}_mean").detach().cpu().numpy(),
+                       getattr(self, f"{part}_basis").detach().cpu().numpy())
+                for part, count in self.cfg.part_components.items() if count > 0}
 
     def noise_sides(self) -> list[int]:
         """Side of each per-pixel noise map, in the order :meth:`forward`'s ``noise`` takes them."""

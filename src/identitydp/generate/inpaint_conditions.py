@@ -78,6 +78,11 @@ class InpaintConfig:
             public mouth model (opening, width, corner lift, …: what an expression changes),
             placed at the shape-projected mouth's centroid, so the position still says only
             what the face's shape modes say. Fitted on training faces, part of the weights.
+        brow_components: like ``mouth_components`` for the 10 brow points, taken *relative to the
+            face's own eye centroid* (so raised, lowered and knitted brows: surprise, sadness,
+            anger) and placed at the shape-projected eyes' centroid.
+        eye_components: like ``mouth_components`` for the 12 eye-contour points, centred on their
+            centroid (how open the eyes are: surprise, fear, a laugh's narrowed eyes).
     """
 
     size: int = 128
@@ -93,15 +98,23 @@ class InpaintConfig:
     shape_components: int = 0
     colour_grid: int = 1
     mouth_components: int = 0
+    brow_components: int = 0
+    eye_components: int = 0
 
     def __post_init__(self) -> None:
         if self.size < 64 or self.size & (self.size - 1):
             raise ValueError(f"crop size must be a power of two >= 64, got {self.size}")
-        if self.mouth_components < 0 or (self.mouth_components > 0 and self.shape_components <= 0):
-            raise ValueError(f"mouth_components needs shape_components > 0, got {self.mouth_components} "
-                             f"with {self.shape_components}")
+        for part, count in self.part_components.items():
+            if count < 0 or (count > 0 and self.shape_components <= 0):
+                raise ValueError(f"{PART_FIELDS[part]} needs shape_components > 0, got {count} "
+                                 f"with {self.shape_components}")
         if len(self.channels) < self.levels:
             raise ValueError(f"need {self.levels} channel entries for size {self.size}, got {len(self.channels)}")
+
+    @property
+    def part_components(self) -> dict[str, int]:
+        """Modes of each part model (:data:`PARTS`) this renderer was trained with (0: none)."""
+        return {part: getattr(self, name) for part, name in PART_FIELDS.items()}
 
     @property
     def levels(self) -> int:
@@ -201,36 +214,68 @@ def landmark_sketch(landmarks68: np.ndarray, size: int, thickness: float = 0.012
 
 #: The 20 mouth points of the 68-point markup (outer and inner lips).
 MOUTH = slice(48, 68)
+#: The 10 brow points (right brow, then left, in image order).
+BROWS = slice(17, 27)
+#: The 12 eye-contour points.
+EYES = slice(36, 48)
+
+#: Parts whose own shape a v2 sketch can carry on a few public modes: name → (its points, the
+#: points whose centroid it is measured from and placed at). The centroid comes from the shape
+#: model, so where a part sits still says only what the face's shape modes say.
+PARTS: dict[str, tuple[slice, slice]] = {"mouth": (MOUTH, MOUTH), "brows": (BROWS, EYES), "eyes": (EYES, EYES)}
+#: The :class:`InpaintConfig` field with each part model's number of modes.
+PART_FIELDS: dict[str, str] = {"mouth": "mouth_components", "brows": "brow_components", "eyes": "eye_components"}
+
+#: Name prefixes of the conditioning models' buffers in a v2 network (shape and part models): not
+#: learned, stored exactly (float64) in exported weights.
+CONDITIONING_PREFIXES: tuple[str, ...] = ("shape_",) + tuple(f"{part}_" for part in PARTS)
+
+PartModel = tuple[np.ndarray, np.ndarray]
 
 
-def sketch_geometry(landmarks68: np.ndarray, size: int, shape_model: tuple[np.ndarray, np.ndarray] | None,
-                    mouth_model: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def part_size(part: str) -> int:
+    """Length of a part model's flattened shape vector (2 × its points)."""
+    points = PARTS[part][0]
+    return 2 * (points.stop - points.start)
+
+
+def sketch_geometry(landmarks68: np.ndarray, size: int, shape_model: PartModel | None,
+                    part_models: dict[str, PartModel] | None = None) -> np.ndarray:
     """The points a v2 renderer's sketch is drawn from: (68, 2) crop pixels at ``size`` → (68, 2).
 
     Args:
         landmarks68: the face's own landmarks.
         shape_model: ``(mean (136,), basis (k, 136))`` of the public shape model in 128-px crop
             coordinates (None: the landmarks themselves are drawn).
-        mouth_model: ``(mean (40,), basis (m, 40))``, a public model of the *centred* mouth shape
-            in 128-px units (None: the mouth follows the shape model like every other point).
+        part_models: part name (:data:`PARTS`) → ``(mean (2P,), basis (m, 2P))``, a public model
+            of that part's shape relative to its anchor, in 128-px units; a part not given follows
+            the shape model like every other point.
     """
     lm = np.asarray(landmarks68, np.float64)
     if shape_model is None:
         return lm
-    geometry = project_shape(lm, *shape_model, size)
-    if mouth_model is not None:
-        geometry[MOUTH] = geometry[MOUTH].mean(0) + project_mouth(lm, *mouth_model, size)
+    projected = project_shape(lm, *shape_model, size)
+    geometry = projected.copy()
+    for part, (mean, basis) in (part_models or {}).items():
+        points, anchor = PARTS[part]
+        geometry[points] = projected[anchor].mean(0) + project_part(lm, part, mean, basis, size)
     return geometry
 
 
-def project_mouth(landmarks68: np.ndarray, mean: np.ndarray, basis: np.ndarray, size: int) -> np.ndarray:
-    """(68, 2) landmarks in crop pixels at ``size`` → (20, 2) their mouth shape, centred on its
-    centroid, projected onto a public mouth model's m leading modes (``mean`` (40,), ``basis``
-    (m, 40), 128-px units)."""
+def part_shape(landmarks68: np.ndarray, part: str) -> np.ndarray:
+    """(..., 68, 2) landmarks → (..., P, 2) a part's points relative to its anchor's centroid."""
+    lm = np.asarray(landmarks68, np.float64)
+    points, anchor = PARTS[part]
+    return lm[..., points, :] - lm[..., anchor, :].mean(-2, keepdims=True)
+
+
+def project_part(landmarks68: np.ndarray, part: str, mean: np.ndarray, basis: np.ndarray, size: int) -> np.ndarray:
+    """(68, 2) landmarks in crop pixels at ``size`` → (P, 2) the part's shape relative to its
+    anchor (:func:`part_shape`) projected onto a public part model's m leading modes (``mean``
+    (2P,), ``basis`` (m, 2P), 128-px units), in crop pixels."""
     scale = size / 128.0
-    mouth = np.asarray(landmarks68, np.float64)[MOUTH]
-    flat = ((mouth - mouth.mean(0)) / scale).reshape(-1) - mean
-    return ((mean + basis.T @ (basis @ flat)) * scale).reshape(20, 2)
+    flat = (part_shape(landmarks68, part) / scale).reshape(-1) - mean
+    return ((mean + basis.T @ (basis @ flat)) * scale).reshape(-1, 2)
 
 
 def project_shape(landmarks68: np.ndarray, mean: np.ndarray, basis: np.ndarray, size: int) -> np.ndarray:

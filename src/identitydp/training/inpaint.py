@@ -77,7 +77,6 @@ from ..generate.identity import (
     warp_theta,
 )
 from ..generate.inpaint import (
-    MOUTH,
     SKETCH_CHANNELS,
     InpaintConfig,
     InpaintGenerator,
@@ -85,6 +84,7 @@ from ..generate.inpaint import (
     landmark_sketch,
     mask_for,
 )
+from ..generate.inpaint_conditions import CONDITIONING_PREFIXES, PART_FIELDS, PARTS, part_shape
 from ..eval.image_metrics import SHARPNESS_SIGMA
 from .options import InpaintTrainConfig, add_arguments, config_from_args
 from .loop import TimedTrainer
@@ -200,8 +200,8 @@ def precompute_conditions(landmarks68: np.ndarray, G: InpaintGenerator, threads:
         tag = f"l{c.mask_lift:g}g{c.mask_grow:g}c{int(c.mask_convex)}k{c.shape_components}"
         if c.shape_components > 0:
             tag += "-" + hashlib.sha256(G.shape_basis.detach().cpu().numpy().tobytes()).hexdigest()[:10]
-        if c.mouth_components > 0:
-            tag += f"m{c.mouth_components}-" + hashlib.sha256(G.mouth_basis.detach().cpu().numpy().tobytes()).hexdigest()[:10]
+        for part, (_, basis) in G.part_models().items():
+            tag += f"{part[0]}{c.part_components[part]}-" + hashlib.sha256(basis.tobytes()).hexdigest()[:10]
         cache = cache.with_name(cache.name.replace(".npz", f".{tag}.npz"))
     if cache is not None and cache.is_file():
         with np.load(cache, allow_pickle=False) as z:
@@ -234,13 +234,14 @@ def fit_shape_model(landmarks68: np.ndarray, size: int, k: int) -> tuple[np.ndar
     return _principal_modes(np.asarray(landmarks68, np.float64).reshape(len(landmarks68), -1) * (128.0 / size), k)
 
 
-def fit_mouth_model(landmarks68: np.ndarray, size: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Mean (40,) and the m leading principal modes (m, 40) of training faces' mouth shapes, each
-    centred on its own centroid, in 128-px crop units (public training data only): on the v2
-    bundle the first four are width against opening, a sideways shift, opening with the corners
-    down, and the corners' tilt (90 % of the variance)."""
-    mouth = np.asarray(landmarks68, np.float64)[:, MOUTH] * (128.0 / size)
-    return _principal_modes((mouth - mouth.mean(1, keepdims=True)).reshape(len(mouth), -1), m)
+def fit_part_model(landmarks68: np.ndarray, size: int, part: str, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean (2P,) and the m leading principal modes (m, 2P) of training faces' ``part`` shapes
+    (:data:`~identitydp.generate.inpaint_conditions.PARTS`: each relative to its anchor's
+    centroid), in 128-px crop units (public training data only). On the v2 bundle the mouth's
+    first four are width against opening, a sideways shift, opening with the corners down, and
+    the corners' tilt (90 % of the variance)."""
+    shapes = part_shape(np.asarray(landmarks68, np.float64) * (128.0 / size), part)
+    return _principal_modes(shapes.reshape(len(shapes), -1), m)
 
 
 class InpaintTrainer(TimedTrainer):
@@ -335,11 +336,12 @@ class InpaintTrainer(TimedTrainer):
                 for g in (self.G, self.G_ema):
                     g.shape_mean.copy_(torch.from_numpy(mean))
                     g.shape_basis.copy_(torch.from_numpy(basis))
-            if self.net_cfg.mouth_components > 0 and not cfg.resume and "mouth" not in self._init_has:
-                mean, basis = fit_mouth_model(train_landmarks, self.data.size, self.net_cfg.mouth_components)
-                for g in (self.G, self.G_ema):
-                    g.mouth_mean.copy_(torch.from_numpy(mean))
-                    g.mouth_basis.copy_(torch.from_numpy(basis))
+            for part, count in self.net_cfg.part_components.items():
+                if count > 0 and not cfg.resume and part not in self._init_has:
+                    mean, basis = fit_part_model(train_landmarks, self.data.size, part, count)
+                    for g in (self.G, self.G_ema):
+                        getattr(g, f"{part}_mean").copy_(torch.from_numpy(mean))
+                        getattr(g, f"{part}_basis").copy_(torch.from_numpy(basis))
         t0 = time.time()
         # On a GPU box the maps take seconds to draw on its many cores, and writing a multi-GB cache
         # would eat a time-boxed window; on the CPU the cache saves a minute per restart.
@@ -349,7 +351,8 @@ class InpaintTrainer(TimedTrainer):
         self.sketches = torch.from_numpy(sketches).to(self.device)
         self.event("conditions", seconds=round(time.time() - t0, 1), mask_area=round(float(self.masks.float().mean() / 255), 3),
                    mask_lift=self.net_cfg.mask_lift, mask_grow=self.net_cfg.mask_grow, mask_convex=self.net_cfg.mask_convex,
-                   shape_components=self.net_cfg.shape_components, mouth_components=self.net_cfg.mouth_components)
+                   shape_components=self.net_cfg.shape_components,
+                   **{field: getattr(self.net_cfg, field) for field in PART_FIELDS.values()})
         self.G_run, self.D_run = self.G, self.D
         if cfg.compile:
             self.G_run, self.D_run = torch.compile(self.G), torch.compile(self.D)
@@ -657,25 +660,25 @@ def _network_options(cfg: InpaintTrainConfig) -> dict:
 
 
 def _load_matching(module: torch.nn.Module, state: dict) -> set[str]:
-    """Load weights whose config may differ only in conditioning (mask, shape and mouth models):
-    every learned tensor must match; the shape- and mouth-model buffers may be absent (they are
+    """Load weights whose config may differ only in conditioning (mask, shape and part models):
+    every learned tensor must match; the shape- and part-model buffers may be absent (they are
     fitted).
 
-    A checkpoint whose shape (or mouth) model has more modes than this network's gives its
+    A checkpoint whose shape (or part) model has more modes than this network's gives its
     leading ones (principal modes are nested: the k-mode model of the same faces is their first
     k rows).
 
     Returns:
-        the conditioning models that came from the checkpoint (``"shape"``, ``"mouth"``); the
-        caller fits the others.
+        the conditioning models that came from the checkpoint (``"shape"``, ``"mouth"``,
+        ``"brows"``, ``"eyes"``); the caller fits the others.
     """
     own = module.state_dict()
-    missing = [k for k in own if k not in state and not k.startswith(("shape_", "mouth_"))]
+    missing = [k for k in own if k not in state and not k.startswith(CONDITIONING_PREFIXES)]
     if missing:
         raise ValueError(f"checkpoint lacks {missing[:5]}{'…' if len(missing) > 5 else ''}")
     load = {k: state[k].to(own[k].dtype) for k in own if k in state}
     loaded = set()
-    for model in ("shape", "mouth"):
+    for model in ("shape", *PARTS):
         basis, mean = f"{model}_basis", f"{model}_mean"
         if basis in load and load[basis].shape != own[basis].shape:
             if load[basis].shape[0] >= own[basis].shape[0] and load[basis].shape[1:] == own[basis].shape[1:]:
