@@ -58,11 +58,11 @@ DEFAULT_SHAPE_MODES = 2
 #: trained with): on full LFW with v2zm at ε = 1, 1, 2 and 4 modes gave the same expression
 #: agreement (44.0 / 44.6 / 44.0 %) and 4 modes three more accepted pairs (20 vs 17 of 1,680).
 DEFAULT_MOUTH_MODES = 2
-#: Modes of each part model (mouth, brows, eyes: InpaintConfig.mouth_components, …) a v2 renderer
+#: Modes of each part model (mouth, brows: InpaintConfig.mouth_components, …) a v2 renderer
 #: with that model gets by default, capped at what it was trained with.
-DEFAULT_PART_MODES = {"mouth": DEFAULT_MOUTH_MODES, "brows": 2, "eyes": 1}
+DEFAULT_PART_MODES = {"mouth": DEFAULT_MOUTH_MODES, "brows": 2}
 #: The anonymizer argument that sets each part model's modes.
-PART_MODE_ARGUMENTS = {"mouth": "mouth_modes", "brows": "brow_modes", "eyes": "eye_modes"}
+PART_MODE_ARGUMENTS = {"mouth": "mouth_modes", "brows": "brow_modes"}
 PROJECTION_NAME = "identity_projection_k16"
 #: The paste may change pixels only inside the detector box enlarged by this fraction per side.
 PASTE_REGION = 0.25
@@ -235,9 +235,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             registered one): how many of its leading modes the sketch's mouth shape is projected
             onto (1 to what it was trained with; None: ``DEFAULT_MOUTH_MODES`` capped at that).
             Released as they are, not private, like ``shape_modes``.
-        brow_modes, eye_modes: the same for a renderer trained with a brow model (the brows
-            relative to the eyes: raised, lowered, knitted) or an eye model (how open the eyes
-            are); defaults in ``DEFAULT_PART_MODES``.
+        brow_modes: the same for a renderer trained with a brow model (the brows relative to the
+            eyes: raised, lowered, knitted); default in ``DEFAULT_PART_MODES``.
         precision: v1 renderer arithmetic on ONNX Runtime: ``"auto"`` (default: int8
             convolutions where ``scripts/quantize_renderer.py`` quantized the weights in use,
             else fp32), ``"int8"`` (required: a clear error otherwise) or ``"fp32"``. int8 is
@@ -276,7 +275,6 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         shape_modes: int | None = None,
         mouth_modes: int | None = None,
         brow_modes: int | None = None,
-        eye_modes: int | None = None,
         gender_from_context: bool = False,
         sharpen: float = 0.0,
     ) -> None:
@@ -351,11 +349,11 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         self.backend = "torch"
         self.shape_modes: int | None = None
         self.part_modes: dict[str, int] = {}
-        part_modes = {"mouth": mouth_modes, "brows": brow_modes, "eyes": eye_modes}
+        part_modes = {"mouth": mouth_modes, "brows": brow_modes}
         if self.inpainting:
             self._load_v2_conditioning(path, shape_modes, part_modes)
         elif shape_modes is not None or any(v is not None for v in part_modes.values()):
-            raise ValueError("shape_modes, mouth_modes, brow_modes and eye_modes are for the v2 renderer; "
+            raise ValueError("shape_modes, mouth_modes and brow_modes are for the v2 renderer; "
                              "v1 reads the whole face")
         elif self.gender_from_context:
             raise ValueError("gender_from_context reads what the v2 renderer reads of the crop; v1 reads the whole face")
@@ -457,7 +455,7 @@ class IdentityDPAnonymizer(FaceAnonymizer):
     def _load_v2_conditioning(self, path: Path, shape_modes: int | None = None,
                               part_modes: dict[str, int | None] | None = None) -> None:
         """The v2 renderer's config, public shape model (its first ``shape_modes`` modes) and part
-        models (mouth, brows, eyes: the first ``part_modes[part]`` modes of each), read with
+        models (mouth, brows: the first ``part_modes[part]`` modes of each), read with
         NumPy (no torch)."""
         from safetensors import safe_open
 

@@ -241,7 +241,7 @@ class InpaintGenerator(nn.Module):
         """The landmarks the sketch is drawn from: (68, 2) → (68, 2), crop pixels at this size.
 
         With ``shape_components`` = k > 0, the projection onto the k leading modes of the shape
-        model, with ``mouth_components`` (``brow_components``, ``eye_components``) = m > 0 that
+        model, with ``mouth_components`` (``brow_components``) = m > 0 that
         part's own shape on m modes of its model (see :class:`InpaintConfig`); else the landmarks
         themselves.
         """

@@ -80,9 +80,10 @@ class InpaintConfig:
             what the face's shape modes say. Fitted on training faces, part of the weights.
         brow_components: like ``mouth_components`` for the 10 brow points, taken *relative to the
             face's own eye centroid* (so raised, lowered and knitted brows: surprise, sadness,
-            anger) and placed at the shape-projected eyes' centroid.
-        eye_components: like ``mouth_components`` for the 12 eye-contour points, centred on their
-            centroid (how open the eyes are: surprise, fear, a laugh's narrowed eyes).
+            anger) and placed at the shape-projected eyes' centroid. (The eyes themselves have no
+            such model: on the v2 bundle the leading modes of the centred eye contours are eye
+            size and roll, which identify and say nothing of an expression; their opening comes
+            only fourth.)
     """
 
     size: int = 128
@@ -99,7 +100,6 @@ class InpaintConfig:
     colour_grid: int = 1
     mouth_components: int = 0
     brow_components: int = 0
-    eye_components: int = 0
 
     def __post_init__(self) -> None:
         if self.size < 64 or self.size & (self.size - 1):
@@ -222,9 +222,9 @@ EYES = slice(36, 48)
 #: Parts whose own shape a v2 sketch can carry on a few public modes: name → (its points, the
 #: points whose centroid it is measured from and placed at). The centroid comes from the shape
 #: model, so where a part sits still says only what the face's shape modes say.
-PARTS: dict[str, tuple[slice, slice]] = {"mouth": (MOUTH, MOUTH), "brows": (BROWS, EYES), "eyes": (EYES, EYES)}
+PARTS: dict[str, tuple[slice, slice]] = {"mouth": (MOUTH, MOUTH), "brows": (BROWS, EYES)}
 #: The :class:`InpaintConfig` field with each part model's number of modes.
-PART_FIELDS: dict[str, str] = {"mouth": "mouth_components", "brows": "brow_components", "eyes": "eye_components"}
+PART_FIELDS: dict[str, str] = {"mouth": "mouth_components", "brows": "brow_components"}
 
 #: Name prefixes of the conditioning models' buffers in a v2 network (shape and part models): not
 #: learned, stored exactly (float64) in exported weights.

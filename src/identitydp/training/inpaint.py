@@ -670,7 +670,7 @@ def _load_matching(module: torch.nn.Module, state: dict) -> set[str]:
 
     Returns:
         the conditioning models that came from the checkpoint (``"shape"``, ``"mouth"``,
-        ``"brows"``, ``"eyes"``); the caller fits the others.
+        ``"brows"``); the caller fits the others.
     """
     own = module.state_dict()
     missing = [k for k in own if k not in state and not k.startswith(CONDITIONING_PREFIXES)]
