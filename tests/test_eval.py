@@ -171,8 +171,17 @@ def test_quick_run_sanity(quick_run):
         assert (quick_run / name).is_file(), name
     curve = json.loads((quick_run / "privacy_curve.json").read_text())
     assert curve["format"].startswith("identitydp-privacy-curve") and curve["floor_mask"]["mobileface"]["rank1"]["n"] == 100
+    # the mean distance to the own original: nothing for the face itself, near two different
+    # people's (recorded with the threshold) for the solid mask
+    batches = latest_batches(results)
+    accept = {st: [l for l in batches[st] if l["metric"] == "verify_accept" and l["judge"] == "mobileface"][0]
+              for st in ("noop", "mask")}
+    two_people = [l for l in batches["reference"] if l["metric"] == "far_threshold" and l["judge"] == "mobileface"][0]
+    assert accept["noop"]["extra"]["mean_distance"] == pytest.approx(0.0, abs=1e-3)
+    assert accept["mask"]["extra"]["mean_distance"] > 0.8 * two_people["extra"]["mean_impostor_distance"] > 0.5
     report = (quick_run / "report.md").read_text()
     assert "| blur | sigma=0.2 |" in report and "## Attacks" in report and "both directions" in report
+    assert "Mean distance of each anonymized face" in report and "two different people's photos: dlib" in report
     assert json.loads((quick_run / "config.json").read_text())["people"] == 100
 
 

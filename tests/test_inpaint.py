@@ -730,3 +730,39 @@ def test_brow_model_keeps_raised_brows(real_crop, tmp_path) -> None:
                                            shape_components=4))
     assert _load_matching(InpaintGenerator(cfg), plain.state_dict()) == {"shape"}
     assert _load_matching(InpaintGenerator(cfg), g.state_dict()) == {"shape", "brows"}
+
+
+def test_eye_opening_reaches_the_sketch(real_crop, tmp_path) -> None:
+    """With ``eye_opening`` the sketch's eyes (on the shape modes) are opened or closed to the
+    face's own opening — a blink stays a blink — while corners, eye size and the rest of the face
+    stay on the shape modes; the renderer's config carries it to the anonymizer."""
+    from identitydp.generate.anonymizer import IdentityDPAnonymizer
+    from identitydp.generate.checkpoint import export_generator
+    from identitydp.generate.inpaint_conditions import eye_opening_of, project_shape, with_eye_opening
+    from identitydp.training.inpaint import fit_shape_model
+
+    _, lm68 = real_crop
+    with pytest.raises(ValueError, match="eye_opening"):
+        InpaintConfig(size=128, **SMALL, eye_opening=True)
+    own = eye_opening_of(lm68)
+    assert 0.05 < own < 0.4  # a real photo's open eyes
+    assert eye_opening_of(with_eye_opening(lm68, 0.5 * own)) == pytest.approx(0.5 * own, rel=1e-6)
+    rng = np.random.default_rng(2)
+    faces = lm68[None] + rng.normal(0, 1.0, (200, 68, 2))
+    cfg = InpaintConfig(size=128, **SMALL, mask_lift=1.0, mask_grow=0.06, mask_convex=True, shape_components=4,
+                        eye_opening=True)
+    g = InpaintGenerator(cfg)
+    shape = fit_shape_model(faces, 128, 4)
+    g.shape_mean.copy_(torch.from_numpy(shape[0]))
+    g.shape_basis.copy_(torch.from_numpy(shape[1]))
+    blink = with_eye_opening(lm68, 0.02)  # nearly shut
+    for face in (lm68, blink):
+        geometry = g.sketch_geometry(face)
+        on_shape = project_shape(face, *shape, 128)
+        assert eye_opening_of(geometry) == pytest.approx(eye_opening_of(face), rel=1e-6)
+        assert np.allclose(geometry[:36], on_shape[:36]) and np.allclose(geometry[48:], on_shape[48:])
+        assert np.allclose(geometry[[36, 39, 42, 45]], on_shape[[36, 39, 42, 45]])  # the corners
+    path = tmp_path / "g.safetensors"
+    export_generator(g, torch.zeros(128), path, {"margin": 0.25})
+    assert IdentityDPAnonymizer(epsilon=1.0, seed=0, weights=path).describe()["eye_opening"] is True
+    assert IdentityDPAnonymizer(epsilon=1.0, seed=0).describe()["eye_opening"] is False  # the registered renderer

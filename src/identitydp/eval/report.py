@@ -132,6 +132,7 @@ def _write_markdown(res: RunResults) -> Path:
         cells = [m, _setting_label(s)] + [_fmt_pct(res.value(s, "rank1", j)) for j in judges] + [_fmt_pct(res.value(s, "verify_accept", j)) for j in judges]
         out.append("| " + " | ".join(cells) + " |")
     out.append("")
+    out += _distance_section(res, settings, judges)
 
     out += _attack_section(res, settings, judges)
 
@@ -210,6 +211,32 @@ def worst_attack_rank1(res: RunResults, setting: str, judge: str) -> float | Non
     if not vals:
         return None
     return max(vals + [res.value(setting, "rank1", judge) or 0.0])
+
+
+def _distance_section(res, settings, judges) -> list[str]:
+    """Mean judge distance of each released face to its own original: a continuous reading of what
+    acceptance counts only past the threshold, beside two people's mean distance."""
+    def mean_distance(s, j):
+        line = res.get(s, "verify_accept", j)
+        return None if line is None else line["extra"].get("mean_distance")
+
+    if not any(mean_distance(s, j) is not None for s in settings for j in judges):
+        return []
+    ref = {j: (res.get(REFERENCE, "far_threshold", j) or {}).get("extra", {}) for j in judges}
+    kinds = ", ".join(f"{j}: {ref[j].get('distance', '?')}" for j in judges)
+    if any(ref[j].get("mean_impostor_distance") is not None for j in judges):  # runs before 2026-12-07 lack it
+        kinds += "; two different people's photos: " + ", ".join(
+            f"{j} {_fmt(ref[j].get('mean_impostor_distance'), 3)}" for j in judges)
+    out = ["Mean distance of each anonymized face to its own original, in each judge's distance "
+           f"({kinds}; higher is better). Unlike acceptance it "
+           "also moves below the threshold, so it separates settings whose acceptance counts are within each "
+           "other's intervals.", ""]
+    head = ["method", "setting"] + [f"mean distance {j}" for j in judges]
+    out += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    for s in settings:
+        m, _ = res.method_of(s)
+        out.append("| " + " | ".join([m, _setting_label(s)] + [_fmt(mean_distance(s, j), 3) for j in judges]) + " |")
+    return out + [""]
 
 
 def _attack_section(res: RunResults, settings: list[str], judges: list[str]) -> list[str]:

@@ -270,6 +270,7 @@ class EvalRun:
         self.protocol: Protocol | None = None
         self.originals: Originals | None = None
         self.thresholds: dict[str, tuple[float, float]] = {}
+        self.impostor_mean: dict[str, float] = {}
         self.fd_real_vs_real: float | None = None
         self.fd_real_vs_real_mf: float | None = None
         self._real_stats_mf = None
@@ -348,6 +349,8 @@ class EvalRun:
         for judge in cfg.judges:
             d = paired_distance(imp_a[judge], imp_b[judge], JUDGE_METRIC[judge])
             self.thresholds[judge] = far_threshold(d, cfg.far)
+            # What "nothing of this person" reads as: the mean distance between two people.
+            self.impostor_mean[judge] = float(d.mean())
         if cfg.realism:
             from .metrics import _psd_sqrt, gaussian_stats
 
@@ -510,7 +513,8 @@ class EvalRun:
         lines = [self._line(None, "chance_rank1", 1.0 / P, P, batch=batch)]
         for judge, (thr, far) in self.thresholds.items():
             lines.append(self._line(None, "far_threshold", thr, len(proto.impostors), judge, batch,
-                                    achieved_far=far, target_far=cfg.far, distance=JUDGE_METRIC[judge]))
+                                    achieved_far=far, target_far=cfg.far, distance=JUDGE_METRIC[judge],
+                                    mean_impostor_distance=self.impostor_mean.get(judge)))
             hits = rank1(o.probe[judge], o.gallery[judge], JUDGE_METRIC[judge])
             lines.append(self._line(None, "rank1_originals", float(hits.mean()), P, judge, batch))
         sources = [o.geometry[k].source for k in proto.all_original_keys() if k in o.geometry]

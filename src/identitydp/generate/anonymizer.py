@@ -579,6 +579,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             # Each part's own shape on this many public modes (0: it follows the shape modes).
             **{argument: self.part_modes.get(part) if self.inpainting else None
                for part, argument in PART_MODE_ARGUMENTS.items()},
+            # The drawn eyes opened to the face's own opening (one number), as the renderer was trained.
+            "eye_opening": self.v2_config.eye_opening if self.inpainting else None,
             "gender_from_context": self.gender_from_context or None,
             "backend": self.backend,
             "precision": self.precision,
@@ -667,7 +669,8 @@ class IdentityDPAnonymizer(FaceAnonymizer):
         lm68 = self.landmarks68.predict(crop, self._lm_box) if landmarks68 is None else landmarks68
         # The region and the geometry exactly as the renderer was trained with (its config).
         mask = mask_for(self.v2_config, lm68)
-        sketch = landmark_sketch(sketch_geometry(lm68, self.size, self._shape_model, self._part_models), self.size)
+        sketch = landmark_sketch(sketch_geometry(lm68, self.size, self._shape_model, self._part_models,
+                                                 self.v2_config.eye_opening), self.size)
         if noise_seed is None:
             noise_seed = secrets.randbits(62)
         x = (np.ascontiguousarray(crop, np.float32).transpose(2, 0, 1)[None] / np.float32(127.5) - 1).astype(np.float32)

@@ -242,13 +242,13 @@ class InpaintGenerator(nn.Module):
 
         With ``shape_components`` = k > 0, the projection onto the k leading modes of the shape
         model, with ``mouth_components`` (``brow_components``) = m > 0 that
-        part's own shape on m modes of its model (see :class:`InpaintConfig`); else the landmarks
-        themselves.
+        part's own shape on m modes of its model, with ``eye_opening`` the eyes opened to the face's
+        own opening (see :class:`InpaintConfig`); else the landmarks themselves.
         """
         if self.cfg.shape_components <= 0:
             return np.asarray(landmarks68, np.float64)
         shape = (self.shape_mean.detach().cpu().numpy(), self.shape_basis.detach().cpu().numpy())
-        return sketch_geometry(landmarks68, self.cfg.size, shape, self.part_models())
+        return sketch_geometry(landmarks68, self.cfg.size, shape, self.part_models(), self.cfg.eye_opening)
 
     def part_models(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """Part name → (mean (2P,), basis (m, 2P)) float64, for each part model this network has."""

@@ -84,6 +84,10 @@ class InpaintConfig:
             such model: on the v2 bundle the leading modes of the centred eye contours are eye
             size and roll, which identify and say nothing of an expression; their opening comes
             only fourth.)
+        eye_opening: the sketch's eyes (on the shape modes) opened or closed to the face's own
+            opening — one number, the mean over both eyes of lid gap / eye width — so a blink, a
+            squint or wide eyes reach the renderer while eye size and shape stay on the shape
+            modes (needs ``shape_components`` > 0).
     """
 
     size: int = 128
@@ -100,6 +104,7 @@ class InpaintConfig:
     colour_grid: int = 1
     mouth_components: int = 0
     brow_components: int = 0
+    eye_opening: bool = False
 
     def __post_init__(self) -> None:
         if self.size < 64 or self.size & (self.size - 1):
@@ -108,6 +113,8 @@ class InpaintConfig:
             if count < 0 or (count > 0 and self.shape_components <= 0):
                 raise ValueError(f"{PART_FIELDS[part]} needs shape_components > 0, got {count} "
                                  f"with {self.shape_components}")
+        if self.eye_opening and self.shape_components <= 0:
+            raise ValueError("eye_opening needs shape_components > 0")
         if len(self.channels) < self.levels:
             raise ValueError(f"need {self.levels} channel entries for size {self.size}, got {len(self.channels)}")
 
@@ -240,7 +247,7 @@ def part_size(part: str) -> int:
 
 
 def sketch_geometry(landmarks68: np.ndarray, size: int, shape_model: PartModel | None,
-                    part_models: dict[str, PartModel] | None = None) -> np.ndarray:
+                    part_models: dict[str, PartModel] | None = None, eye_opening: bool = False) -> np.ndarray:
     """The points a v2 renderer's sketch is drawn from: (68, 2) crop pixels at ``size`` → (68, 2).
 
     Args:
@@ -250,6 +257,8 @@ def sketch_geometry(landmarks68: np.ndarray, size: int, shape_model: PartModel |
         part_models: part name (:data:`PARTS`) → ``(mean (2P,), basis (m, 2P))``, a public model
             of that part's shape relative to its anchor, in 128-px units; a part not given follows
             the shape model like every other point.
+        eye_opening: open or close the drawn eyes to the face's own :func:`eye_opening` (see
+            :class:`InpaintConfig`).
     """
     lm = np.asarray(landmarks68, np.float64)
     if shape_model is None:
@@ -259,7 +268,50 @@ def sketch_geometry(landmarks68: np.ndarray, size: int, shape_model: PartModel |
     for part, (mean, basis) in (part_models or {}).items():
         points, anchor = PARTS[part]
         geometry[points] = projected[anchor].mean(0) + project_part(lm, part, mean, basis, size)
+    if eye_opening:
+        geometry = with_eye_opening(geometry, eye_opening_of(lm))
     return geometry
+
+
+#: Each eye's 6 contour points: outer corner, two upper-lid points, inner corner, two lower-lid points.
+_EYE_CONTOURS = (slice(36, 42), slice(42, 48))
+_LIDS = [1, 2, 4, 5]
+
+
+def _eye_frames(eye: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+    """(6, 2) eye contour → (mid-point of the corners, unit axis along the corners, unit normal, width)."""
+    mid = (eye[0] + eye[3]) / 2
+    axis = eye[3] - eye[0]
+    width = float(np.hypot(*axis))
+    axis = axis / max(width, 1e-9)
+    return mid, axis, np.array([-axis[1], axis[0]]), width
+
+
+def eye_opening_of(landmarks68: np.ndarray) -> float:
+    """Mean over both eyes of the lids' mean distance from the corner line / the corner-to-corner
+    width: scale-free, about 0.15 for open eyes and near 0 for closed ones."""
+    lm = np.asarray(landmarks68, np.float64)
+    ratios = []
+    for contour in _EYE_CONTOURS:
+        eye = lm[contour]
+        mid, _, normal, width = _eye_frames(eye)
+        ratios.append(float(np.abs((eye[_LIDS] - mid) @ normal).mean()) / max(width, 1e-9))
+    return float(np.mean(ratios))
+
+
+def with_eye_opening(landmarks68: np.ndarray, opening: float) -> np.ndarray:
+    """(68, 2) → a copy whose eyes' lids are moved along each eye's normal so that
+    :func:`eye_opening_of` gives ``opening``; corners, widths and everything else stay."""
+    out = np.array(landmarks68, np.float64)
+    current = eye_opening_of(out)
+    factor = opening / current if current > 1e-6 else 1.0
+    for contour in _EYE_CONTOURS:
+        eye = out[contour]
+        mid, axis, normal, _ = _eye_frames(eye)
+        rel = eye[_LIDS] - mid
+        eye[_LIDS] = mid + np.outer(rel @ axis, axis) + factor * np.outer(rel @ normal, normal)
+        out[contour] = eye
+    return out
 
 
 def part_shape(landmarks68: np.ndarray, part: str) -> np.ndarray:
