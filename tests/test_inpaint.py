@@ -606,6 +606,23 @@ def test_train_command_stops_cleanly_on_sigterm(v2_bundle, tmp_path) -> None:
         assert (out / name).is_file(), name
 
 
+def _conditioned_generator(faces: np.ndarray, **fields) -> tuple[InpaintGenerator, tuple, dict]:
+    """A small v2 network with the shipped mask settings, 4 shape modes and ``fields`` (part
+    models, eye opening), its shape and part models fitted on ``faces`` (N, 68, 2) as the trainer
+    does; returns (network, shape model, part models)."""
+    from identitydp.training.inpaint import fit_part_model, fit_shape_model
+
+    cfg = InpaintConfig(size=128, **SMALL, mask_lift=1.0, mask_grow=0.06, mask_convex=True, shape_components=4, **fields)
+    g = InpaintGenerator(cfg)
+    models = {"shape": fit_shape_model(faces, 128, 4)}
+    models.update({part: fit_part_model(faces, 128, part, count) for part, count in cfg.part_components.items() if count})
+    for name, (mean, basis) in models.items():
+        getattr(g, f"{name}_mean").copy_(torch.from_numpy(mean))
+        getattr(g, f"{name}_basis").copy_(torch.from_numpy(basis))
+    shape = models.pop("shape")
+    return g, shape, models
+
+
 def test_mouth_model_keeps_the_mouths_own_opening(real_crop, tmp_path) -> None:
     """With ``mouth_components`` the sketch's mouth is the face's own mouth shape on the leading
     modes of a public mouth model, placed where the shape modes put the mouth: an opening mouth
@@ -616,7 +633,7 @@ def test_mouth_model_keeps_the_mouths_own_opening(real_crop, tmp_path) -> None:
     from identitydp.generate.anonymizer import IdentityDPAnonymizer
     from identitydp.generate.checkpoint import export_generator, load_generator
     from identitydp.generate.inpaint_conditions import MOUTH, project_shape
-    from identitydp.training.inpaint import _load_matching, fit_part_model, fit_shape_model
+    from identitydp.training.inpaint import _load_matching
 
     crop, lm68 = real_crop
     with pytest.raises(ValueError, match="mouth_components"):
@@ -626,14 +643,8 @@ def test_mouth_model_keeps_the_mouths_own_opening(real_crop, tmp_path) -> None:
     opening = rng.uniform(0, 8, 300)
     lower_lip = [55, 56, 57, 58, 59, 64, 65, 66, 67]
     faces[:, lower_lip, 1] += opening[:, None]  # the jaw drops: lower lip down by 0–8 px
-    cfg = InpaintConfig(size=128, **SMALL, mask_lift=1.0, mask_grow=0.06, mask_convex=True, shape_components=4,
-                        mouth_components=3)
-    g = InpaintGenerator(cfg)
-    shape, mouth = fit_shape_model(faces, 128, 4), fit_part_model(faces, 128, "mouth", 3)
-    g.shape_mean.copy_(torch.from_numpy(shape[0]))
-    g.shape_basis.copy_(torch.from_numpy(shape[1]))
-    g.mouth_mean.copy_(torch.from_numpy(mouth[0]))
-    g.mouth_basis.copy_(torch.from_numpy(mouth[1]))
+    g, shape, parts = _conditioned_generator(faces, mouth_components=3)
+    cfg, mouth = g.cfg, parts["mouth"]
     assert np.allclose(mouth[1] @ mouth[1].T, np.eye(3), atol=1e-9)
 
     def gap(points: np.ndarray) -> float:  # inner lips: bottom (66) below top (62), px
@@ -687,7 +698,7 @@ def test_brow_model_keeps_raised_brows(real_crop, tmp_path) -> None:
     from identitydp.generate.anonymizer import IdentityDPAnonymizer
     from identitydp.generate.checkpoint import export_generator
     from identitydp.generate.inpaint_conditions import BROWS, EYES, project_shape
-    from identitydp.training.inpaint import _load_matching, fit_part_model, fit_shape_model
+    from identitydp.training.inpaint import _load_matching
 
     _, lm68 = real_crop
     with pytest.raises(ValueError, match="brow_components"):
@@ -696,15 +707,9 @@ def test_brow_model_keeps_raised_brows(real_crop, tmp_path) -> None:
     faces = lm68[None] + rng.normal(0, 1.5, (300, 68, 2))
     raise_px = rng.uniform(0, 6, 300)
     faces[:, BROWS, 1] -= raise_px[:, None]  # brows up (image y grows downwards)
-    cfg = InpaintConfig(size=128, **SMALL, mask_lift=1.0, mask_grow=0.06, mask_convex=True, shape_components=4,
-                        brow_components=2)
-    g = InpaintGenerator(cfg)
-    shape, brows = fit_shape_model(faces, 128, 4), fit_part_model(faces, 128, "brows", 2)
-    assert brows[1].shape == (2, 20)
-    g.shape_mean.copy_(torch.from_numpy(shape[0]))
-    g.shape_basis.copy_(torch.from_numpy(shape[1]))
-    g.brows_mean.copy_(torch.from_numpy(brows[0]))
-    g.brows_basis.copy_(torch.from_numpy(brows[1]))
+    g, shape, parts = _conditioned_generator(faces, brow_components=2)
+    cfg = g.cfg
+    assert parts["brows"][1].shape == (2, 20)
 
     def brow_height(points: np.ndarray) -> float:  # eyes' centroid below the brows' centroid, px
         return float(points[EYES, 1].mean() - points[BROWS, 1].mean())
@@ -739,7 +744,6 @@ def test_eye_opening_reaches_the_sketch(real_crop, tmp_path) -> None:
     from identitydp.generate.anonymizer import IdentityDPAnonymizer
     from identitydp.generate.checkpoint import export_generator
     from identitydp.generate.inpaint_conditions import eye_opening_of, project_shape, with_eye_opening
-    from identitydp.training.inpaint import fit_shape_model
 
     _, lm68 = real_crop
     with pytest.raises(ValueError, match="eye_opening"):
@@ -749,12 +753,7 @@ def test_eye_opening_reaches_the_sketch(real_crop, tmp_path) -> None:
     assert eye_opening_of(with_eye_opening(lm68, 0.5 * own)) == pytest.approx(0.5 * own, rel=1e-6)
     rng = np.random.default_rng(2)
     faces = lm68[None] + rng.normal(0, 1.0, (200, 68, 2))
-    cfg = InpaintConfig(size=128, **SMALL, mask_lift=1.0, mask_grow=0.06, mask_convex=True, shape_components=4,
-                        eye_opening=True)
-    g = InpaintGenerator(cfg)
-    shape = fit_shape_model(faces, 128, 4)
-    g.shape_mean.copy_(torch.from_numpy(shape[0]))
-    g.shape_basis.copy_(torch.from_numpy(shape[1]))
+    g, shape, _ = _conditioned_generator(faces, eye_opening=True)
     blink = with_eye_opening(lm68, 0.02)  # nearly shut
     for face in (lm68, blink):
         geometry = g.sketch_geometry(face)
