@@ -489,11 +489,6 @@ class IdentityDPAnonymizer(FaceAnonymizer):
             self._shape_model = (self._shape_model[0], self._shape_model[1][: self.shape_modes])
         self._part_models = {part: (mean, basis[: self.part_modes[part]]) for part, (mean, basis) in self._part_models.items()}
 
-    @property
-    def mouth_modes(self) -> int | None:
-        """Modes of the mouth model the sketch uses (0: none; None: not a v2 renderer)."""
-        return self.part_modes.get("mouth")
-
     def _load_onnx_v2(self) -> None:
         """The v2 renderer and dlib on ONNX Runtime (no torch import); ``_onnx`` stays None if unavailable."""
         from ..models.onnx_graph import default_threads
