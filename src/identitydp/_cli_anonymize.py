@@ -50,11 +50,11 @@ DEFAULT_IDENTITYDP_EPSILON = 1.0
 #: --privacy presets for identitydp: name -> (ε, what it measured on 300 LFW people with the default
 #: v2 renderer, its default 2 shape modes and the default gender rule (from the context up to ε 16),
 #: MobileFace rank-1 re-identification and FaceRes gender agreement; chance 0.3 %, solid mask 0.3 %,
-#: ε = inf 20 %; docs/results/lfw300-knob-v2z, src/identitydp/weights/privacy_curve_keep_v2.json).
+#: ε = inf 26 %; docs/results/lfw300-knob-v2zw2, src/identitydp/weights/privacy_curve_keep_v2.json).
 PRIVACY_PRESETS = {
-    "strong": (1.0, "rank-1 1.0 %: a new identity, gender from the hair and clothes (82 %) (the default)"),
-    "medium": (16.0, "rank-1 3.0 %: a look-alike, gender from the hair and clothes (82 %)"),
-    "light": (64.0, "rank-1 11 %: close to the person, gender 86 %, age within 8 years"),
+    "strong": (1.0, "rank-1 1.3 %: a new identity, gender from the hair and clothes (81 %) (the default)"),
+    "medium": (16.0, "rank-1 3.3 %: a look-alike, gender from the hair and clothes (82 %)"),
+    "light": (64.0, "rank-1 10 %: close to the person, gender 88 %, age within 7 years"),
 }
 
 

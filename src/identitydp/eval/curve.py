@@ -3,7 +3,7 @@
 ``identitydp eval`` writes ``privacy_curve.json`` into every run folder (from ``results.jsonl``
 alone). One curve per shipped renderer is committed in ``src/identitydp/weights/``:
 ``privacy_curve.json`` (v1, the 300-people run of the default domain, docs/results/lfw300-knob)
-and ``privacy_curve_v2.json`` (v2, docs/results/lfw300-knob-v2z since the v2z weights); ``identitydp privacy explain
+and ``privacy_curve_v2.json`` (v2, docs/results/lfw300-knob-v2zw2 since the v2zw2 weights); ``identitydp privacy explain
 [--renderer v2]`` and the web page show them next to the maths, so that a user picks ε from
 evidence rather than from the bound alone.
 
@@ -14,16 +14,16 @@ the originals (what an unanonymized photo gives).
 
 Rebuild the committed files:
     python -m identitydp.eval.curve docs/results/lfw300-knob -o src/identitydp/weights/privacy_curve.json --default-params '{"projection": true}'
-    python -m identitydp.eval.curve docs/results/lfw300-knob-v2z -o src/identitydp/weights/privacy_curve_v2.json \
-        --source "identitydp eval on 300 LFW people (docs/results/lfw300-knob-v2z): 300 probe people, 1,000 View-2 impostor pairs; the v2 renderer identitydp_renderer_v2 (v2z, sha256 09021aa364c2...) with its sketch on 2 shape modes (the default), Laplace in the public 16-d projection (the default); 2026-12-07"
-    python -m identitydp.eval.curve docs/results/lfw300-knob-v2z -o src/identitydp/weights/privacy_curve_keep_v2.json \
-        --source "docs/results/lfw300-knob-v2z (300 LFW people, v2 renderer v2z, 2 shape modes; kept attributes at ε = 1 and the gender from the context at ε = 1, 4, 16, 64, ∞; 2026-12-07)"
+    python -m identitydp.eval.curve docs/results/lfw300-knob-v2zw2 -o src/identitydp/weights/privacy_curve_v2.json \
+        --source "identitydp eval on 300 LFW people (docs/results/lfw300-knob-v2zw2): 300 probe people, 1,000 View-2 impostor pairs; the v2 renderer identitydp_renderer_v2 (v2zw2, sha256 dfbae299c33d...) with its sketch on 2 shape modes and 2 mouth modes (the default), Laplace in the public 16-d projection (the default); 2026-12-08"
+    python -m identitydp.eval.curve docs/results/lfw300-knob-v2zw2 -o src/identitydp/weights/privacy_curve_keep_v2.json \
+        --source "docs/results/lfw300-knob-v2zw2 (300 LFW people, v2 renderer v2zw2, 2 shape modes, 2 mouth modes; kept attributes at ε = 1 and the gender from the context at ε = 1, 4, 16, 64, ∞; 2026-12-08)"
 
 (the last one is what ``privacy explain --keep`` and ``--gender-from-context`` show: each kept
 setting, and the gender from the context at every ε, next to the default setting's point at the
 same ε; the folder's other points, e.g. a candidate renderer's, are never selected.)
 
-(v2x's, 2026-12-07 (f)–(h): docs/results/lfw300-knob-v2x; v2d's, until 2026-12-07: docs/results/lfw300-knob-v2-modes2 and
+(v2z's, 2026-12-07 (h)–2026-12-08: docs/results/lfw300-knob-v2z; v2x's, 2026-12-07 (f)–(h): docs/results/lfw300-knob-v2x; v2d's, until 2026-12-07: docs/results/lfw300-knob-v2-modes2 and
 docs/results/lfw300-context-knob with ``--default-params '{"weights": "identitydp_renderer_v2"}'``.)
 """
 
