@@ -12,10 +12,10 @@
 #
 # Chain from the committed checkpoint (docs/training/…/ckpt_fp16.safetensors) with
 #   scripts/train_gpu.sh $OUT 9 --init PATH
-# the shipped line (v2z, sketch-aware discriminator):
-#   scripts/train_gpu.sh $OUT 9 --init docs/training/cpu-2026-12-07h/v2z_ckpt_fp16.safetensors --disc-sketch
-# the mouth line (v2zm, not shipped; the sketch's mouth from the face's own mouth shape):
-#   scripts/train_gpu.sh $OUT 9 --init docs/training/cpu-2026-12-07i/v2zm_ckpt_fp16.safetensors --disc-sketch
+# the shipped line (v2zw2 since 2026-12-08: sketch-aware discriminator, the face's own mouth shape on
+# a public mouth model, the identity loss weighing swapped and noisy identities twice):
+#   scripts/train_gpu.sh $OUT 9 --init docs/training/cpu-2026-12-07j/v2zw2_ckpt_fp16.safetensors --disc-sketch \
+#       --w-id 7 --w-id-noisy 2 --w-id-swap 2
 # Defaults here: BUNDLE = .data/v2_256.npz if present (256-px crops), else .data/v2_128.npz (128 px),
 # batch 32, the GPU channel widths below for a fresh run (NET; a run chained with --init or
 # --resume takes its checkpoint's own network), bf16 autocast. COMPILE=--compile adds torch.compile
