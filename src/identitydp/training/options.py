@@ -68,7 +68,7 @@ def add_run_arguments(parser: argparse.ArgumentParser, d, *, bundle_help: str, s
     parser.add_argument("--size", type=int, default=d.size, help=size_help)
     parser.add_argument("--batch", type=int, default=d.batch)
     parser.add_argument("--minutes", type=float, default=d.minutes, help="wall-time budget from start, incl. final writes")
-    parser.add_argument("--max-steps", type=int, default=d.max_steps, help="stop after this many steps (0: time only)")
+    parser.add_argument("--max-steps", type=int, default=d.max_steps, help="stop when the step counter, which --init and --resume carry on from the checkpoint, reaches this (0: time only); at or below the checkpoint's own step nothing is trained: it evaluates and writes the generator and checkpoints (an export)")
     parser.add_argument("--lr-g", type=float, default=d.lr_g)
     parser.add_argument("--lr-d", type=float, default=d.lr_d)
     parser.add_argument("--ema", type=float, default=d.ema)
