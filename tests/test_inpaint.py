@@ -669,8 +669,10 @@ def test_mouth_model_keeps_the_mouths_own_opening(real_crop, tmp_path) -> None:
     assert IdentityDPAnonymizer(epsilon=1.0, seed=0, weights=path, mouth_modes=3)._part_models["mouth"][1].shape == (3, 40)
     with pytest.raises(ValueError, match="mouth_modes must be an integer from 1 to 3"):
         IdentityDPAnonymizer(epsilon=1.0, seed=0, weights=path, mouth_modes=4)
-    with pytest.raises(ValueError, match="no mouth model"):
-        IdentityDPAnonymizer(epsilon=1.0, seed=0, mouth_modes=1)  # the registered renderer has none
+    registered = IdentityDPAnonymizer(epsilon=1.0, seed=0)  # v2zw2 (since 2026-12-08): a 4-mode mouth model
+    assert registered.describe()["mouth_modes"] == 2 and registered._part_models["mouth"][1].shape == (2, 40)
+    with pytest.raises(ValueError, match="no brows model"):
+        IdentityDPAnonymizer(epsilon=1.0, seed=0, brow_modes=1)  # the registered renderer has none
     # Starting a mouth-model network from weights without one: the shape model loads, the mouth
     # model is fitted by the trainer; from one with it, both load.
     plain = InpaintGenerator(InpaintConfig(size=128, **SMALL, mask_lift=1.0, mask_grow=0.06, mask_convex=True,
